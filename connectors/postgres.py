@@ -1,0 +1,455 @@
+"""PostgreSQL: connections, error classification, the catalog tables and the set-based merge.
+
+All SQL built from names that come from data (dataset, table, column names) goes through
+``psycopg2.sql.Identifier``; types come from a fixed whitelist; values are parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+
+import psycopg2
+import psycopg2.errors
+from psycopg2 import sql
+
+from connectors.csvfile import FileReport
+from streaming.config import PG_TYPES
+from streaming.errors import SchemaError, SinkError, TransientSinkError
+from streaming.naming import normalize_identifier
+from streaming.schema import SAFE_WIDENING, join
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    psycopg2.errors.SerializationFailure,
+    psycopg2.errors.DeadlockDetected,
+    psycopg2.errors.LockNotAvailable,
+)
+_PG_TYPE_NAMES = {
+    "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz",
+    "character varying": "text",
+    "character": "text",
+    "json": "jsonb",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same work later can succeed (server gone, deadlock, serialization)."""
+    return isinstance(exc, _TRANSIENT)
+
+
+def classify_error(exc: BaseException, what: str) -> Exception:
+    """Map a psycopg2 error into the product's hierarchy, once, with a message naming ``what``."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_transient(exc):
+        return TransientSinkError(f"{what}: PostgreSQL unavailable ({detail}); will retry")
+    return SinkError(f"{what}: {detail}")
+
+
+def connect(dsn: str, application_name: str = "dataops"):
+    conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10)
+    return conn
+
+
+def canonical_pg_type(formatted: str) -> str:
+    base = formatted.split("(")[0].strip()
+    base = _PG_TYPE_NAMES.get(base, base)
+    return base if base in PG_TYPES else "text"
+
+
+def table_columns(cur, schema: str, table: str) -> dict[str, str]:
+    """The table's columns and canonical types, in order; empty if the table does not exist."""
+    cur.execute(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+            ORDER BY a.attnum""",
+        (schema, table),
+    )
+    return {name: canonical_pg_type(t) for name, t in cur.fetchall()}
+
+
+CATALOG_DDL = """
+CREATE SCHEMA IF NOT EXISTS {cat};
+CREATE TABLE IF NOT EXISTS {cat}.datasets (
+    name text PRIMARY KEY,
+    source text,
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    mode text NOT NULL,
+    primary_key text[] NOT NULL DEFAULT '{{}}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_loaded_at timestamptz,
+    schema_version integer NOT NULL DEFAULT 0,
+    row_count bigint NOT NULL DEFAULT 0,
+    quarantined_rows bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS {cat}.columns (
+    dataset text NOT NULL,
+    name text NOT NULL,
+    source_name text,
+    type text NOT NULL,
+    nullable boolean NOT NULL DEFAULT true,
+    ordinal integer NOT NULL,
+    PRIMARY KEY (dataset, name)
+);
+CREATE TABLE IF NOT EXISTS {cat}.schema_versions (
+    dataset text NOT NULL,
+    version integer NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    changes jsonb NOT NULL,
+    cause text,
+    load_id bigint,
+    PRIMARY KEY (dataset, version)
+);
+CREATE TABLE IF NOT EXISTS {cat}.loads (
+    load_id bigserial PRIMARY KEY,
+    dataset text NOT NULL,
+    stream text,
+    batch_id bigint,
+    files jsonb NOT NULL DEFAULT '[]',
+    rows_in bigint NOT NULL DEFAULT 0,
+    rows_loaded bigint NOT NULL DEFAULT 0,
+    rows_quarantined bigint NOT NULL DEFAULT 0,
+    duplicates_removed bigint NOT NULL DEFAULT 0,
+    files_rejected integer NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    status text NOT NULL,
+    error text,
+    UNIQUE (stream, batch_id)
+);
+CREATE TABLE IF NOT EXISTS {cat}.quarantine (
+    id bigserial PRIMARY KEY,
+    load_id bigint NOT NULL,
+    dataset text NOT NULL,
+    file text,
+    line bigint,
+    column_name text,
+    raw_value text,
+    reason text NOT NULL,
+    record jsonb,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS quarantine_dataset_load_idx ON {cat}.quarantine (dataset, load_id);
+CREATE INDEX IF NOT EXISTS loads_dataset_idx ON {cat}.loads (dataset, load_id);
+"""
+
+
+def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
+    """Create the catalog schema and tables, and the dataset schema, if missing (idempotent)."""
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('dataops.catalog'))")
+            cur.execute(sql.SQL(CATALOG_DDL).format(cat=sql.Identifier(catalog_schema)))
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table_schema)))
+    finally:
+        conn.close()
+
+
+@dataclasses.dataclass
+class MergePlan:
+    """What the driver merges in one transaction."""
+
+    dataset: str
+    source: str
+    table_schema: str
+    table: str
+    catalog_schema: str
+    mode: str
+    primary_key: tuple
+    hints: dict
+    indexes: list
+    partition_by: str | None
+    widen: bool
+    stream: str
+    batch_id: int
+    reports: list  # FileReport, staged and rejected
+    stage_schema: str
+    true_tokens: tuple = ()
+
+
+@dataclasses.dataclass
+class MergeResult:
+    load_id: int
+    replayed: bool = False
+    rows_in: int = 0
+    loaded: int = 0
+    inserted: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    files: list = dataclasses.field(default_factory=list)  # [{"name", "path", "status", ...}]
+    schema_changes: list = dataclasses.field(default_factory=list)
+
+
+def previous_load(cur, catalog_schema: str, stream: str, batch_id: int) -> MergeResult | None:
+    """The committed load of (stream, batch) if there is one: a replayed batch must write nothing."""
+    cur.execute(sql.SQL("SELECT load_id, files, rows_in, rows_loaded, rows_quarantined, duplicates_removed "
+                        "FROM {}.loads WHERE stream = %s AND batch_id = %s AND status = 'committed'")
+                .format(sql.Identifier(catalog_schema)), (stream, batch_id))
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return MergeResult(load_id=row[0], replayed=True, files=row[1], rows_in=row[2], loaded=row[3],
+                       quarantined=row[4], duplicates=row[5])
+
+
+def merge(dsn: str, plan: MergePlan) -> MergeResult:
+    """Commit a staged batch: DDL, rows, quarantine, load history and ledger in one transaction."""
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            return _merge(cur, plan)
+    except psycopg2.Error as exc:
+        raise classify_error(exc, f"dataset {plan.dataset}: loading batch {plan.batch_id}") from exc
+    finally:
+        conn.close()
+
+
+def _merge(cur, plan: MergePlan) -> MergeResult:
+    cat = sql.Identifier(plan.catalog_schema)
+    cur.execute("SET LOCAL work_mem = '256MB'; SET LOCAL TimeZone = 'UTC'")
+    cur.execute(sql.SQL("INSERT INTO {}.loads (dataset, stream, batch_id, status) VALUES (%s, %s, %s, 'running') "
+                        "ON CONFLICT (stream, batch_id) DO NOTHING RETURNING load_id").format(cat),
+                (plan.dataset, plan.stream, plan.batch_id))
+    row = cur.fetchone()
+    if row is None:
+        previous = previous_load(cur, plan.catalog_schema, plan.stream, plan.batch_id)
+        if previous is None:
+            raise SinkError(f"dataset {plan.dataset}: batch {plan.batch_id} of {plan.stream} is recorded "
+                            f"but not committed")
+        return previous
+    load_id = row[0]
+    # Locks the dataset's catalog row: loads of one dataset (daemon, `dataops ingest`) serialize here.
+    cur.execute(sql.SQL(
+        "INSERT INTO {}.datasets (name, source, table_schema, table_name, mode, primary_key) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET mode = EXCLUDED.mode, "
+        "primary_key = EXCLUDED.primary_key RETURNING schema_version").format(cat),
+        (plan.dataset, plan.source, plan.table_schema, plan.table, plan.mode, list(plan.primary_key)))
+    schema_version = cur.fetchone()[0]
+    staged = [r for r in plan.reports if r.status == "staged"]
+    result = MergeResult(load_id=load_id)
+    existing = table_columns(cur, plan.table_schema, plan.table)
+    columns, sources, changes = _plan_columns(plan, existing, staged)
+    target = sql.Identifier(plan.table_schema, plan.table)
+    if changes:
+        _apply_ddl(cur, plan, target, existing, columns, changes)
+        schema_version += 1
+        result.schema_changes = changes
+        cur.execute(sql.SQL("INSERT INTO {}.schema_versions (dataset, version, changes, cause, load_id) "
+                            "VALUES (%s, %s, %s, %s, %s)").format(cat),
+                    (plan.dataset, schema_version, json.dumps(changes),
+                     ", ".join(r.name for r in staged), load_id))
+        _record_columns(cur, plan, columns, sources)
+    staged_rows = sum(r.staged_rows for r in staged)
+    loaded = inserted = 0
+    if staged_rows:
+        source = _source_query(plan, staged, columns)
+        if plan.partition_by:
+            _ensure_partitions(cur, plan, target, source, columns)
+        loaded, inserted = _insert(cur, plan, target, source, columns)
+    for r in staged:
+        if r.quarantined_rows:
+            cur.execute(sql.SQL(
+                "INSERT INTO {}.quarantine (load_id, dataset, file, line, column_name, raw_value, reason, record) "
+                "SELECT %s, %s, %s, line, column_name, raw_value, reason, record FROM {} ORDER BY line").format(
+                cat, sql.Identifier(plan.stage_schema, r.quarantine_table)), (load_id, plan.dataset, r.name))
+    result.rows_in = sum(r.rows_in for r in staged)
+    result.quarantined = sum(r.quarantined_rows for r in staged)
+    result.loaded, result.inserted = loaded, inserted
+    result.duplicates = staged_rows - loaded
+    result.files = [_file_entry(r) for r in plan.reports]
+    row_count_sql = {"append": "row_count + %s", "upsert": "row_count + %s", "overwrite": "%s"}[plan.mode]
+    replaced = plan.mode == "overwrite" and not staged_rows
+    cur.execute(sql.SQL(
+        "UPDATE {}.datasets SET row_count = " + ("row_count" if replaced else row_count_sql) + ", "
+        "quarantined_rows = quarantined_rows + %s, last_loaded_at = now(), schema_version = %s "
+        "WHERE name = %s").format(cat),
+        (*(() if replaced else (inserted,)), result.quarantined, schema_version, plan.dataset))
+    cur.execute(sql.SQL(
+        "UPDATE {}.loads SET files = %s, rows_in = %s, rows_loaded = %s, rows_quarantined = %s, "
+        "duplicates_removed = %s, files_rejected = %s, finished_at = clock_timestamp(), status = 'committed' "
+        "WHERE load_id = %s").format(cat),
+        (json.dumps(result.files), result.rows_in, loaded, result.quarantined, result.duplicates,
+         sum(1 for r in plan.reports if r.status == "rejected"), load_id))
+    drop_stage_tables(cur, plan.stage_schema, plan.reports)
+    return result
+
+
+def _file_entry(report: FileReport) -> dict:
+    entry = {"name": report.name, "path": report.path, "status": report.status}
+    if report.status == "rejected":
+        entry.update(reason=report.reason, detail=report.detail)
+    else:
+        entry.update(rows_in=report.rows_in, staged=report.staged_rows, quarantined=report.quarantined_rows,
+                     encoding=report.encoding, delimiter=report.delimiter)
+    return entry
+
+
+def stage_names(token: str, seq: int) -> tuple[str, str]:
+    return f"stg_{token}_{seq}", f"stgq_{token}_{seq}"
+
+
+def drop_stage_tables(cur, stage_schema: str, reports: Sequence[FileReport]) -> None:
+    names = [sql.Identifier(stage_schema, n) for r in reports for n in (r.stage_table, r.quarantine_table) if n]
+    if names:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(", ").join(names)))
+
+
+def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileReport]):
+    """Final column types for the batch, and the DDL changes (create / add / widen) they need."""
+    batch_types: dict[str, str | None] = {}
+    sources: dict[str, str] = {}
+    for report in staged:
+        for name, source_name, kind in report.columns:
+            batch_types[name] = join(batch_types[name], kind) if batch_types.get(name) else kind
+            sources.setdefault(name, source_name)
+    columns = dict(existing)
+    changes: list[dict] = []
+    if not existing:
+        if not batch_types:
+            return columns, sources, changes
+        for name, kind in batch_types.items():
+            columns[name] = plan.hints.get(name) or kind or "text"
+        changes.append({"change": "create", "columns": dict(columns)})
+        return columns, sources, changes
+    for name, kind in batch_types.items():
+        if name not in existing:
+            columns[name] = plan.hints.get(name) or kind or "text"
+            changes.append({"change": "add_column", "column": name, "type": columns[name]})
+        elif kind and kind != existing[name] and plan.widen and kind in SAFE_WIDENING.get(existing[name], ()):
+            columns[name] = kind
+            changes.append({"change": "widen", "column": name, "from": existing[name], "to": kind})
+    return columns, sources, changes
+
+
+def _type_sql(kind: str) -> sql.Composable:
+    if kind not in PG_TYPES:
+        raise SchemaError(f"unsupported type {kind!r}")
+    return sql.SQL(kind)
+
+
+def _apply_ddl(cur, plan: MergePlan, target, existing, columns, changes) -> None:
+    for change in changes:
+        if change["change"] == "create":
+            defs = [sql.SQL("{} {}").format(sql.Identifier(c), _type_sql(t)) for c, t in columns.items()]
+            missing_key = [k for k in plan.primary_key if k not in columns]
+            if missing_key:
+                raise SchemaError(f"dataset {plan.dataset}: primary key column(s) {missing_key} not in the data")
+            if plan.primary_key:
+                defs.append(sql.SQL("PRIMARY KEY ({})").format(
+                    sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))))
+            suffix = sql.SQL("")
+            if plan.partition_by:
+                if columns.get(plan.partition_by) not in ("date", "timestamp", "timestamptz"):
+                    raise SchemaError(f"dataset {plan.dataset}: partition_by column {plan.partition_by} is "
+                                      f"{columns.get(plan.partition_by, 'missing')}, not a date or timestamp")
+                suffix = sql.SQL(" PARTITION BY RANGE ({})").format(sql.Identifier(plan.partition_by))
+            cur.execute(sql.SQL("CREATE TABLE {} ({}){}").format(target, sql.SQL(", ").join(defs), suffix))
+            if plan.partition_by:
+                cur.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} DEFAULT").format(
+                    sql.Identifier(plan.table_schema, normalize_identifier(plan.table + "_default")), target))
+        elif change["change"] == "add_column":
+            cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                target, sql.Identifier(change["column"]), _type_sql(change["type"])))
+        elif change["change"] == "widen":
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {}").format(
+                target, sql.Identifier(change["column"]), _type_sql(change["to"])))
+    for index_columns in plan.indexes:
+        if all(c in columns for c in index_columns):
+            name = normalize_identifier("_".join([plan.table, *index_columns, "idx"]))
+            cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                sql.Identifier(name), target, sql.SQL(", ").join(map(sql.Identifier, index_columns))))
+
+
+def _record_columns(cur, plan: MergePlan, columns: dict[str, str], sources: dict[str, str]) -> None:
+    cat = sql.Identifier(plan.catalog_schema)
+    for ordinal, (name, kind) in enumerate(columns.items(), start=1):
+        cur.execute(sql.SQL(
+            "INSERT INTO {}.columns (dataset, name, source_name, type, nullable, ordinal) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dataset, name) DO UPDATE SET type = EXCLUDED.type, "
+            "ordinal = EXCLUDED.ordinal, source_name = COALESCE({}.columns.source_name, EXCLUDED.source_name)"
+        ).format(cat, cat), (plan.dataset, name, sources.get(name, name), kind, name not in plan.primary_key, ordinal))
+
+
+def _cast(column: str, kind: str, true_tokens: Sequence[str]) -> sql.Composable:
+    ident = sql.Identifier(column)
+    if kind == "text":
+        return ident
+    if kind == "boolean":
+        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL WHEN lower({c}) = ANY({t}) THEN true ELSE false END").format(
+            c=ident, t=sql.Literal([t.lower() for t in true_tokens]))
+    return sql.SQL("{}::{}").format(ident, _type_sql(kind))
+
+
+def _source_query(plan: MergePlan, staged: list[FileReport], columns: dict[str, str]) -> sql.Composable:
+    """The batch's rows, typed: a UNION ALL over the files' staging tables, columns aligned by name."""
+    parts = []
+    for report in staged:
+        if not report.staged_rows:
+            continue
+        positions = {name: i for i, (name, _, _) in enumerate(report.columns)}
+        select = [sql.SQL("{} AS _seq, _ord").format(sql.Literal(report.seq))]
+        for name in columns:
+            if name in positions:
+                select.append(sql.SQL("{} AS {}").format(sql.Identifier(f"c{positions[name]}"), sql.Identifier(name)))
+            else:
+                select.append(sql.SQL("NULL::text AS {}").format(sql.Identifier(name)))
+        parts.append(sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(select), sql.Identifier(plan.stage_schema, report.stage_table)))
+    casts = [sql.SQL("{} AS {}").format(_cast(c, t, plan.true_tokens), sql.Identifier(c)) for c, t in columns.items()]
+    return sql.SQL("SELECT _seq, _ord, {} FROM ({}) raw").format(
+        sql.SQL(", ").join(casts), sql.SQL(" UNION ALL ").join(parts))
+
+
+def _ensure_partitions(cur, plan: MergePlan, target, source, columns) -> None:
+    key = sql.Identifier(plan.partition_by)
+    cur.execute(sql.SQL("SELECT DISTINCT date_trunc('month', {k})::date FROM ({s}) src WHERE {k} IS NOT NULL").format(
+        k=key, s=source))
+    for (month,) in cur.fetchall():
+        name = normalize_identifier(f"{plan.table}_p{month:%Y%m}")
+        cur.execute("SELECT to_regclass(%s)", (sql.Identifier(plan.table_schema, name).as_string(cur),))
+        if cur.fetchone()[0] is None:
+            cur.execute(sql.SQL(
+                "CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (%s) TO (%s::date + interval '1 month')").format(
+                sql.Identifier(plan.table_schema, name), target), (month, month))
+
+
+def _insert(cur, plan: MergePlan, target, source, columns: dict[str, str]) -> tuple[int, int]:
+    """Run the mode's set-based statement; return (rows written, rows newly inserted)."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    if plan.mode in ("append", "overwrite"):
+        if plan.mode == "overwrite":
+            cur.execute(sql.SQL("TRUNCATE {}").format(target))
+        cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT DISTINCT {n} FROM ({s}) src").format(
+            t=target, n=names, s=source))
+        return cur.rowcount, cur.rowcount
+    key = sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))
+    # A key-only table still "updates" the key to itself, so every written row is counted.
+    others = [c for c in columns if c not in plan.primary_key] or list(plan.primary_key[:1])
+    action = sql.SQL("DO UPDATE SET {}").format(
+        sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in others))
+    upsert = sql.SQL("INSERT INTO {t} ({n}) SELECT DISTINCT ON ({k}) {n} FROM ({s}) src "
+                     "ORDER BY {k}, _seq DESC, _ord DESC ON CONFLICT ({k}) {a}").format(
+        t=target, n=names, s=source, k=key, a=action)
+    if not plan.partition_by:
+        # xmax = 0 marks a row this statement inserted rather than updated.
+        cur.execute(sql.SQL("WITH written AS ({} RETURNING (xmax = 0) AS inserted) "
+                            "SELECT count(*), count(*) FILTER (WHERE inserted) FROM written").format(upsert))
+        written, inserted = cur.fetchone()
+        return written, inserted
+    # Partitioned tables cannot return system columns: count the keys that already exist first.
+    matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+    cur.execute(sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM ({s}) src) s "
+                        "WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(k=key, s=source, t=target, m=matches))
+    existing = cur.fetchone()[0]
+    cur.execute(upsert)
+    return cur.rowcount, cur.rowcount - existing

@@ -1,0 +1,1 @@
+"""Smart-DataOps-Copilot: the streaming core (config, schema, cleaning, batches, daemon)."""

@@ -1,0 +1,139 @@
+"""One load: files in, rows committed exactly once. Used by the daemon's foreachBatch and by ``ingest``.
+
+Runs on the driver. Files are parsed by file tasks (on executors through a Spark job, or on the driver
+when the whole batch is small, which saves the job's fixed cost); the merge is one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+
+from connectors import postgres
+from connectors.csvfile import FileReport, FileTask, run_file_task
+from streaming.config import CsvOptions, DatasetConfig, Settings
+from streaming.errors import ShutdownRequested, SinkError, TransientSinkError
+from streaming.metrics import Metrics
+from streaming.naming import normalize_dataset_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LandedFile:
+    """A file to load: where it is now, and the name the user gave it."""
+
+    path: str
+    name: str
+
+    @property
+    def size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0
+
+
+@dataclasses.dataclass
+class LoadContext:
+    """What every load needs; one per daemon (or per ``ingest`` run)."""
+
+    settings: Settings
+    dsn: str
+    metrics: Metrics
+    spark: object | None = None  # SparkSession; None = parse every file on the driver
+    stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
+               config: DatasetConfig | None = None, source: str | None = None) -> postgres.MergeResult:
+    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once.
+
+    A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
+
+    Raises:
+        ShutdownRequested: the daemon is stopping and the batch had not started.
+        TransientSinkError: PostgreSQL is unavailable; the caller retries the batch.
+        SinkError: the batch cannot be committed (named dataset, file and reason).
+    """
+    if ctx.stopping.is_set():
+        raise ShutdownRequested(f"dataset {dataset}: batch {batch_id} not started, the daemon is stopping")
+    started = time.monotonic()
+    settings = ctx.settings
+    cfg = config or settings.dataset(dataset)
+    table = normalize_dataset_name(dataset)
+    pg = settings.postgres
+    conn = postgres.connect(ctx.dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            previous = postgres.previous_load(cur, pg.catalog_schema, stream, batch_id)
+            if previous is not None:
+                log.info("dataset=%s batch=%s already committed as load %s; replay writes nothing",
+                         dataset, batch_id, previous.load_id)
+                ctx.metrics.batches.labels(dataset, "skipped_replay").inc()
+                return previous
+            table_types = postgres.table_columns(cur, pg.schema_name, table)
+    except Exception as exc:
+        raise postgres.classify_error(exc, f"dataset {dataset}: batch {batch_id}") from exc
+    finally:
+        conn.close()
+    token = uuid.uuid4().hex[:12]
+    options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
+    tasks = []
+    for seq, f in enumerate(files):
+        stage, quarantine = postgres.stage_names(token, seq)
+        tasks.append(FileTask(
+            path=f.path, name=f.name, seq=seq, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema,
+            stage_table=stage, quarantine_table=quarantine, options=options, table_types=table_types,
+            hints=dict(cfg.columns), primary_key=tuple(cfg.primary_key), widen=cfg.on_schema_change == "evolve"))
+    reports = _run_tasks(ctx, tasks)
+    plan = postgres.MergePlan(
+        dataset=dataset, source=source or f"landing:{dataset}", table_schema=pg.schema_name, table=table,
+        catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
+        indexes=cfg.indexes, partition_by=cfg.partition_by, widen=cfg.on_schema_change == "evolve", stream=stream,
+        batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens))
+    try:
+        failed = [r for r in reports if r.status == "error"]
+        if failed:
+            kind = TransientSinkError if all(r.reason == "transient" for r in failed) else SinkError
+            raise kind(f"dataset {dataset}: batch {batch_id}: " + "; ".join(r.detail for r in failed))
+        result = postgres.merge(ctx.dsn, plan)
+    except BaseException:
+        _drop_stages(ctx, plan)
+        ctx.metrics.batches.labels(dataset, "failed").inc()
+        raise
+    seconds = time.monotonic() - started
+    rejected = [r for r in reports if r.status == "rejected"]
+    ctx.metrics.record_load(dataset, result, seconds, len(reports) - len(rejected))
+    log.info("dataset=%s batch=%s load=%s files=%d rows_in=%d loaded=%d quarantined=%d duplicates=%d "
+             "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, len(files), result.rows_in,
+             result.loaded, result.quarantined, result.duplicates, len(rejected), seconds)
+    for r in rejected:
+        log.warning("dataset=%s rejected %s: %s", dataset, r.name, r.detail)
+    return result
+
+
+def _run_tasks(ctx: LoadContext, tasks: list[FileTask]) -> list[FileReport]:
+    total = sum(os.path.getsize(t.path) if os.path.exists(t.path) else 0 for t in tasks)
+    if ctx.spark is None or total <= ctx.settings.landing.local_parse_bytes:
+        return [run_file_task(t) for t in tasks]
+    sc = ctx.spark.sparkContext
+    sc.setJobDescription(f"dataops: stage {len(tasks)} file(s) of {tasks[0].dataset}")
+    # One task per file; the job returns one small report per file.
+    return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
+
+
+def _drop_stages(ctx: LoadContext, plan: postgres.MergePlan) -> None:
+    try:
+        conn = postgres.connect(ctx.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                postgres.drop_stage_tables(cur, plan.stage_schema, plan.reports)
+        finally:
+            conn.close()
+    except Exception as exc:  # the database may be the reason we are here
+        log.debug("could not drop staging tables of %s batch %s: %s", plan.dataset, plan.batch_id, exc)

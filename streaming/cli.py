@@ -1,0 +1,208 @@
+"""The ``dataops`` command: ``run``, ``ingest`` and ``catalog``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from streaming.config import Settings, load_settings
+from streaming.errors import DataOpsError
+
+log = logging.getLogger("dataops")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        _setup_logging(settings)
+        return args.func(args, settings)
+    except DataOpsError as exc:
+        print(f"dataops: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dataops", description="Keep PostgreSQL tables loaded from CSV landing "
+                                                                 "folders and REST APIs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", help="YAML config file (default: $DATAOPS_CONFIG, else built-in defaults)")
+
+    run = sub.add_parser("run", parents=[config], help="run the daemon in the foreground")
+    run.add_argument("--grace", type=float, default=60.0, help="seconds to let in-flight batches finish on SIGTERM")
+    run.set_defaults(func=cmd_run)
+
+    ingest = sub.add_parser("ingest", parents=[config], help="load one file through the daemon's code path and exit")
+    ingest.add_argument("file")
+    ingest.add_argument("--dataset", required=True)
+    ingest.add_argument("--mode", choices=["append", "overwrite", "upsert"])
+    ingest.add_argument("--key", nargs="+", default=None, metavar="COL", help="primary key column(s) for upsert")
+    ingest.set_defaults(func=cmd_ingest)
+
+    catalog = sub.add_parser("catalog", help="describe the loaded datasets")
+    catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
+    listing = catalog_sub.add_parser("list", parents=[config], help="every dataset, one line each")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_catalog_list)
+    show = catalog_sub.add_parser("show", parents=[config], help="one dataset: schema, counts, columns")
+    show.add_argument("dataset")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_catalog_show)
+    return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.logging.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.logging.level)
+    for noisy in ("py4j", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _dsn(settings: Settings):
+    """The configured DSN, or a private embedded PostgreSQL's (started if needed)."""
+    if settings.dsn:
+        return settings.dsn, None
+    from streaming.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres()
+    dsn = embedded.start()
+    print(f"dataops: no postgres.dsn configured; using embedded PostgreSQL at {dsn}", file=sys.stderr)
+    return dsn, embedded
+
+
+def cmd_run(args, settings: Settings) -> int:
+    from prometheus_client import start_http_server
+
+    from streaming.daemon import Daemon
+
+    dsn, embedded = _dsn(settings)
+    daemon = Daemon(settings, dsn, grace_seconds=args.grace)
+    if settings.metrics.enabled:
+        start_http_server(settings.metrics.port, addr=settings.metrics.host, registry=daemon.metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port)
+    try:
+        return daemon.run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def cmd_ingest(args, settings: Settings) -> int:
+    from connectors import postgres
+    from streaming.batch import LandedFile, LoadContext, load_files
+    from streaming.metrics import Metrics
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"dataops: {path} is not a file", file=sys.stderr)
+        return 2
+    cfg = settings.dataset(args.dataset).model_copy()
+    if args.mode:
+        cfg.mode = args.mode
+    if args.key:
+        cfg.primary_key = list(args.key)
+    if cfg.mode == "upsert" and not cfg.primary_key:
+        print("dataops: --mode upsert needs --key COL (or datasets.<name>.primary_key in config)", file=sys.stderr)
+        return 2
+    dsn, embedded = _dsn(settings)
+    try:
+        pg = settings.postgres
+        postgres.ensure_catalog(dsn, pg.catalog_schema, pg.schema_name)
+        spark = None
+        if path.stat().st_size > settings.landing.local_parse_bytes:
+            from streaming.session import create_session
+
+            _progress(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
+            spark = create_session(settings)
+        ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark)
+        _progress(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
+        started = time.monotonic()
+        result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
+                            stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg, source=f"file:{path.resolve()}")
+        seconds = time.monotonic() - started
+        if spark is not None:
+            spark.stop()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    rejected = [f for f in result.files if f["status"] == "rejected"]
+    summary = {
+        "dataset": args.dataset, "load_id": result.load_id, "rows_in": result.rows_in, "loaded": result.loaded,
+        "quarantined": result.quarantined, "duplicates": result.duplicates, "seconds": round(seconds, 3),
+        "rejected": rejected[0]["detail"] if rejected else None,
+    }
+    print(json.dumps(summary))
+    return 1 if rejected else 0
+
+
+def _progress(message: str) -> None:
+    print(f"dataops: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_catalog_list(args, settings: Settings) -> int:
+    from streaming import catalog
+
+    dsn, embedded = _dsn(settings)
+    try:
+        rows = catalog.list_datasets(dsn, settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    else:
+        print(catalog.format_table(rows, ["dataset", "table", "mode", "row_count", "quarantined_rows",
+                                          "schema_version", "last_loaded_at"]))
+    return 0
+
+
+def cmd_catalog_show(args, settings: Settings) -> int:
+    from streaming import catalog
+
+    dsn, embedded = _dsn(settings)
+    try:
+        doc = catalog.show_dataset(dsn, settings, args.dataset)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    if doc is None:
+        print(f"dataops: no dataset {args.dataset!r} in the catalog", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, default=str, indent=2))
+    else:
+        head = {k: v for k, v in doc.items() if k != "columns"}
+        print("\n".join(f"{k:>18}: {v}" for k, v in head.items()))
+        print()
+        print(catalog.format_table(doc["columns"], ["name", "source_name", "type", "nullable"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The daemon: one supervised streaming query per dataset, a landing watcher, metrics, clean shutdown.
+
+Each dataset's query is a Spark file stream over its inbox whose micro-batches carry file paths
+only (Spark checkpoints which files each batch owns); ``foreachBatch`` hands them to
+:func:`streaming.batch.load_files`, which commits rows and ledger in one transaction. A query that
+fails is restarted with backoff while the others keep running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from connectors import postgres
+from connectors.landing import Landing
+from streaming.batch import LandedFile, LoadContext, load_files
+from streaming.config import Settings
+from streaming.errors import ShutdownRequested, TransientSinkError
+from streaming.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
+MAX_BACKOFF_SECONDS = 60.0
+TRANSIENT_RETRY_SECONDS = 300.0
+
+
+@dataclasses.dataclass
+class _Query:
+    dataset: str
+    query: object | None = None
+    failures: int = 0
+    restart_at: float = 0.0
+    batch_active: bool = False
+
+
+class Daemon:
+    """Runs until :meth:`request_stop` (SIGTERM / SIGINT); :meth:`run` returns the exit code."""
+
+    def __init__(self, settings: Settings, dsn: str, metrics: Metrics | None = None, grace_seconds: float = 60.0,
+                 spark=None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics)
+        self.grace_seconds = grace_seconds
+        self.stop_event = threading.Event()
+        self.queries: dict[str, _Query] = {}
+        self._lock = threading.Lock()
+        self.landing = Landing(settings.landing.path, settings.landing.settle_seconds,
+                               settings.landing.scan_interval, on_dataset=self._dataset_found,
+                               metrics=self.metrics)
+        self.spark = spark
+        self._owns_spark = spark is None
+        self._signals = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> int:
+        from streaming.session import create_session
+
+        pg = self.settings.postgres
+        postgres.ensure_catalog(self.ctx.dsn, pg.catalog_schema, pg.schema_name)
+        if self.spark is None:
+            self.spark = create_session(self.settings)
+        self.ctx.spark = self.spark
+        self._install_signals()
+        self._finish_committed_files()
+        self.landing.start()
+        log.info("watching %s; %d dataset(s): %s", self.landing.root, len(self.landing.datasets()),
+                 ", ".join(self.landing.datasets()) or "none yet")
+        try:
+            while not self.stop_event.wait(0.5):
+                self._supervise()
+        finally:
+            self._shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, _frame):
+            self._signals += 1
+            if self._signals > 1:
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("received %s: finishing the batches in flight, then exiting", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _shutdown(self) -> None:
+        self.landing.stop()
+        self.ctx.stopping.set()  # batches not yet started are abandoned; they replay on the next start
+        deadline = time.monotonic() + self.grace_seconds
+        while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for q in self.queries.values():
+            if q.batch_active:
+                log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
+                            "restart)", q.dataset, self.grace_seconds)
+            if q.query is not None:
+                try:
+                    q.query.stop()
+                except Exception as exc:  # stopping a failed query can raise; nothing left to do
+                    log.debug("dataset=%s: stop: %s", q.dataset, exc)
+            self.metrics.query_up.labels(q.dataset).set(0)
+        if self.spark is not None and self._owns_spark:
+            self.spark.stop()
+        log.info("stopped")
+
+    # --- queries -----------------------------------------------------------------------------
+    def _dataset_found(self, dataset: str) -> None:
+        with self._lock:
+            if dataset in self.queries:
+                return
+            self.queries[dataset] = _Query(dataset)
+        log.info("dataset=%s: new landing folder", dataset)
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for q in list(self.queries.values()):
+            self.metrics.files_pending.labels(q.dataset).set(self.landing.pending_count(q.dataset))
+            if q.query is not None and q.query.isActive:
+                self._record_progress(q)
+                continue
+            if q.query is not None:
+                self._query_failed(q, now)
+            if now >= q.restart_at and not self.stop_event.is_set():
+                self._start(q)
+
+    def _query_failed(self, q: _Query, now: float) -> None:
+        error = q.query.exception()
+        q.query = None
+        q.failures += 1
+        backoff = min(MAX_BACKOFF_SECONDS, 2 ** (q.failures - 1))
+        q.restart_at = now + backoff
+        self.metrics.query_up.labels(q.dataset).set(0)
+        self.metrics.query_restarts.labels(q.dataset).inc()
+        log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset, _first_line(error), backoff)
+
+    def _record_progress(self, q: _Query) -> None:
+        progress = q.query.lastProgress
+        if progress:
+            self.metrics.input_rows_per_second.labels(q.dataset).set(progress.get("inputRowsPerSecond") or 0)
+            self.metrics.processed_rows_per_second.labels(q.dataset).set(progress.get("processedRowsPerSecond") or 0)
+
+    def _start(self, q: _Query) -> None:
+        dataset = q.dataset
+        inbox = self.landing.inbox(dataset)
+        inbox.mkdir(parents=True, exist_ok=True)
+        cfg = self.settings.dataset(dataset)
+        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / "landing" / dataset
+        ready = threading.Event()
+        ref: dict[str, str] = {}
+
+        def on_batch(df, batch_id: int) -> None:
+            ready.wait()
+            paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
+            if not paths:
+                return
+            files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
+            q.batch_active = True
+            try:
+                self._load_with_retry(dataset, files, f"landing:{dataset}:{ref['id']}", batch_id)
+            finally:
+                q.batch_active = False
+
+        # Overwrite loads one file per batch, so each file replaces the table in arrival order.
+        max_files = 1 if cfg.mode == "overwrite" else self.settings.landing.max_files_per_batch
+        stream = (self.spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
+                  .option("maxFilesPerTrigger", max_files).load(str(inbox)).select("path"))
+        trigger = self.settings.spark.trigger_interval
+        try:
+            self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", dataset)
+            q.query = (stream.writeStream.queryName(f"landing_{dataset}").foreachBatch(on_batch)
+                       .option("checkpointLocation", str(checkpoint))
+                       .trigger(processingTime=f"{int(self.settings.spark.trigger_seconds * 1000)} milliseconds")
+                       .start())
+        except Exception as exc:
+            q.failures += 1
+            q.restart_at = time.monotonic() + min(MAX_BACKOFF_SECONDS, 2 ** q.failures)
+            log.error("dataset=%s: cannot start query: %s", dataset, _first_line(exc))
+            return
+        ref["id"] = str(q.query.id)
+        ready.set()
+        self.metrics.query_up.labels(dataset).set(1)
+        log.info("dataset=%s: query started (trigger %s, checkpoint %s)", dataset, trigger, checkpoint)
+
+    def _load_with_retry(self, dataset: str, files: list[LandedFile], stream: str, batch_id: int) -> None:
+        """Load a batch; wait out PostgreSQL outages here so the query keeps its place."""
+        delay, deadline = 1.0, time.monotonic() + TRANSIENT_RETRY_SECONDS
+        while True:
+            try:
+                result = load_files(self.ctx, dataset, files, stream, batch_id)
+                break
+            except TransientSinkError as exc:
+                if self.ctx.stopping.is_set() or time.monotonic() > deadline:
+                    raise
+                log.warning("%s; retrying in %.0fs", exc, delay)
+                if self.ctx.stopping.wait(delay):
+                    raise ShutdownRequested(f"dataset {dataset}: batch {batch_id} abandoned at shutdown") from exc
+                delay = min(delay * 2, 30.0)
+        self._settle_files(dataset, files, result.files, result.load_id)
+
+    def _settle_files(self, dataset: str, files: list[LandedFile], entries: list[dict], load_id: int) -> None:
+        """After commit: archive loaded files, reject unreadable ones (idempotent on replay)."""
+        by_path = {e["path"]: e for e in entries}
+        for f in files:
+            entry = by_path.get(f.path)
+            if entry is None:
+                continue
+            if entry["status"] == "rejected":
+                self.landing.reject(dataset, f, entry.get("reason", ""), entry.get("detail", ""), load_id)
+            else:
+                self.landing.archive(dataset, f)
+
+    def _finish_committed_files(self) -> None:
+        """Archive inbox files whose load committed before a crash stopped us from moving them."""
+        root = self.landing.root / "_inbox"
+        if not root.is_dir():
+            return
+        conn = postgres.connect(self.ctx.dsn)
+        try:
+            with conn, conn.cursor() as cur:
+                for ds_dir in root.iterdir():
+                    for f in ds_dir.iterdir() if ds_dir.is_dir() else ():
+                        if f.name.startswith(("_", ".")):
+                            continue
+                        cur.execute(postgres.sql.SQL(
+                            "SELECT load_id, e FROM {}.loads, jsonb_array_elements(files) e WHERE dataset = %s "
+                            "AND status = 'committed' AND e->>'path' = %s LIMIT 1").format(
+                            postgres.sql.Identifier(self.settings.postgres.catalog_schema)), (ds_dir.name, str(f)))
+                        row = cur.fetchone()
+                        if row:
+                            landed = LandedFile(str(f), Landing.original_name(str(f)))
+                            self._settle_files(ds_dir.name, [landed], [row[1]], row[0])
+        finally:
+            conn.close()
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if uri.startswith("file:"):
+        return uri[len("file:"):]
+    return uri
+
+
+def _first_line(error: object) -> str:
+    text = str(getattr(error, "desc", None) or error or "unknown error").strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ", "at ", "org.apache", "py4j")):
+            return line[:500]
+    return text[:500]

@@ -1,0 +1,43 @@
+"""Prometheus metrics. Names follow ``dataops_<noun>_<unit>``, counters end in ``_total``.
+
+One :class:`Metrics` object owns its registry, so tests create a fresh one and read values with
+``registry.get_sample_value``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.rows_written = Counter("dataops_rows_written_total", "Rows written to dataset tables", ["dataset"], registry=r)
+        self.rows_quarantined = Counter("dataops_rows_quarantined_total", "Rows sent to quarantine", ["dataset"], registry=r)
+        self.duplicates_removed = Counter("dataops_duplicates_removed_total", "Duplicate rows removed within a batch",
+                                          ["dataset"], registry=r)
+        self.batches = Counter("dataops_batches_total", "Micro-batches by outcome", ["dataset", "status"], registry=r)
+        self.batch_duration = Histogram("dataops_batch_duration_seconds", "Time from batch start to commit", ["dataset"],
+                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=r)
+        self.last_batch = Gauge("dataops_last_batch_timestamp_seconds", "Unix time of the last committed batch",
+                                ["dataset"], registry=r)
+        self.files_pending = Gauge("dataops_files_pending", "Files landed but not yet committed", ["dataset"], registry=r)
+        self.files_rejected = Counter("dataops_files_rejected_total", "Files moved to _rejected", ["dataset"], registry=r)
+        self.files_loaded = Counter("dataops_files_loaded_total", "Files committed and archived", ["dataset"], registry=r)
+        self.query_up = Gauge("dataops_query_up", "1 while the dataset's streaming query runs", ["dataset"], registry=r)
+        self.query_restarts = Counter("dataops_query_restarts_total", "Streaming query restarts after a failure",
+                                      ["dataset"], registry=r)
+        self.input_rows_per_second = Gauge("dataops_input_rows_per_second", "Spark's reported input rate", ["dataset"],
+                                           registry=r)
+        self.processed_rows_per_second = Gauge("dataops_processed_rows_per_second", "Spark's reported processing rate",
+                                               ["dataset"], registry=r)
+
+    def record_load(self, dataset: str, result, seconds: float, loaded_files: int) -> None:
+        self.rows_written.labels(dataset).inc(result.loaded)
+        self.rows_quarantined.labels(dataset).inc(result.quarantined)
+        self.duplicates_removed.labels(dataset).inc(result.duplicates)
+        self.files_loaded.labels(dataset).inc(loaded_files)
+        self.batches.labels(dataset, "committed").inc()
+        self.batch_duration.labels(dataset).observe(seconds)
+        self.last_batch.labels(dataset).set_to_current_time()

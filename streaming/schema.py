@@ -1,0 +1,229 @@
+"""Type inference over text values: classify, join (widen) and check against a fixed type.
+
+Values reach PostgreSQL as text and are cast there, so inference only has to answer one question per
+column: which PostgreSQL type accepts every value seen, without losing information? Types form a
+small lattice; :func:`join` is its least upper bound. Checks run a whole chunk of a column through
+one compiled regular expression (C speed) and fall back to value-by-value classification only for
+chunks that do not fit, so the common case costs no Python per value.
+
+Runs on executors (inside file tasks) and on the driver; everything here is pure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Sequence
+
+TEXT = "text"
+# Widening chains: a column of an existing table may move up its chain, never across chains.
+SAFE_WIDENING = {
+    "smallint": ("integer", "bigint", "numeric"),
+    "integer": ("bigint", "numeric"),
+    "bigint": ("numeric",),
+    "real": ("double precision",),
+    "date": ("timestamp",),
+}
+
+_DAY = (
+    r"\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+)
+_TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
+_ZONE = r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)"
+_INT9 = r"[+-]?(?:0|[1-9]\d{0,8})"
+_INT18 = r"[+-]?(?:0|[1-9]\d{0,17})"
+_DECIMAL = r"[+-]?(?:(?:0|[1-9]\d*)\.\d*|\.\d+)"
+_FLOAT = r"[+-]?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)[eE][+-]?\d{1,2}"
+
+# One pattern per type: what a single value of that type looks like (fast path, no calendar check
+# for 29 February, which goes to the slow path).
+_VALUE = {
+    "integer": _INT9,
+    "bigint": _INT18,
+    "numeric": rf"(?:{_INT18}|{_DECIMAL}|{_FLOAT})",
+    "double precision": rf"(?:{_INT9}|{_DECIMAL}|{_FLOAT})",
+    "date": _DAY,
+    "timestamp": rf"{_DAY}(?:{_TIME})?",
+    "timestamptz": rf"{_DAY}{_TIME}{_ZONE}",
+}
+_CHUNK = {t: re.compile(rf"(?:{p})(?:\n(?:{p}))*") for t, p in _VALUE.items()}
+_ONE = {t: re.compile(p) for t, p in _VALUE.items()}
+_INT_ANY = re.compile(r"[+-]?(?:0|[1-9]\d*)")
+_DEC_ANY = re.compile(_DECIMAL)
+_FLOAT_ANY = re.compile(r"[+-]?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)[eE][+-]?\d+")
+_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TS_SHAPE = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,6})?)?(" + _ZONE + ")?")
+
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+
+
+def join(a: str | None, b: str | None) -> str:
+    """Least upper bound of two inferred types (``None`` = only NULLs seen so far)."""
+    if a is None:
+        return b or TEXT
+    if b is None or a == b:
+        return a
+    pair = {a, b}
+    ints = ("smallint", "integer", "bigint", "numeric")
+    if pair <= set(ints):
+        return max(pair, key=ints.index)
+    if pair <= {"smallint", "integer", "real", "double precision"}:
+        return "double precision"
+    if pair <= {"bigint", "numeric", "real", "double precision"}:
+        return "numeric"
+    if pair == {"date", "timestamp"}:
+        return "timestamp"
+    return TEXT
+
+
+def classify(value: str, bool_tokens: frozenset[str]) -> str:
+    """The narrowest type that holds ``value`` (already trimmed, never a null token) losslessly."""
+    if value.lower() in bool_tokens:
+        return "boolean"
+    if _INT_ANY.fullmatch(value):
+        digits = value.lstrip("+-")
+        if len(digits) > 18 and abs(int(value)) > INT64:
+            return TEXT  # very long digit strings are identifiers, not numbers
+        return "integer" if abs(int(value)) <= INT32 else "bigint"
+    if _DEC_ANY.fullmatch(value):
+        return "numeric"
+    if _FLOAT_ANY.fullmatch(value):
+        try:
+            f = float(value)
+        except ValueError:
+            return TEXT
+        return "double precision" if f == 0.0 or 1e-300 < abs(f) < 1e300 else "numeric"
+    if _DATE_SHAPE.fullmatch(value):
+        return "date" if _valid_date(value) else TEXT
+    match = _TS_SHAPE.fullmatch(value)
+    if match and _valid_date(match.group(1)) and int(match.group(2)) < 24 and int(match.group(3)) < 60 \
+            and int(match.group(4) or 0) < 60:
+        return "timestamptz" if match.group(5) else "timestamp"
+    return TEXT
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def fits(value: str, target: str, bool_tokens: frozenset[str]) -> bool:
+    """Whether PostgreSQL casts ``value`` to ``target`` exactly (used for hinted and table types)."""
+    if target == TEXT:
+        return True
+    if target == "jsonb":
+        try:
+            json.loads(value)
+        except ValueError:
+            return False
+        return True
+    if target == "boolean":
+        return value.lower() in bool_tokens
+    if target in _INT_RANGE:
+        return bool(_INT_LOOSE.fullmatch(value)) and abs(int(value)) <= _INT_RANGE[target]
+    if target == "numeric":
+        return bool(_INT_LOOSE.fullmatch(value) or _DEC_LOOSE.fullmatch(value) or _FLOAT_ANY.fullmatch(value))
+    if target in ("real", "double precision"):
+        if not (_INT_LOOSE.fullmatch(value) or _DEC_LOOSE.fullmatch(value) or _FLOAT_ANY.fullmatch(value)):
+            return False
+        f = abs(float(value))
+        limit = 1e38 if target == "real" else 1e308
+        return f == 0.0 or (1 / limit < f < limit)
+    return classify(value, bool_tokens) in _TEMPORAL_ACCEPTS.get(target, ())
+
+
+_INT_LOOSE = re.compile(r"[+-]?\d+")
+_DEC_LOOSE = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)")
+_TEMPORAL_ACCEPTS = {
+    "date": ("date",),
+    "timestamp": ("date", "timestamp"),
+    "timestamptz": ("date", "timestamp", "timestamptz"),
+}
+_INT_RANGE = {"smallint": 32767, "integer": INT32, "bigint": INT64}
+
+
+class ColumnTyper:
+    """Tracks one column's type across chunks of values.
+
+    Args:
+        fixed: a type the values must fit (a config hint, or the table's column under a policy that
+            forbids widening); failing values are reported as bad rows.
+        widen_from: the table's current type when it may widen along :data:`SAFE_WIDENING`; values
+            fitting no safe widening are reported as bad rows.
+        Neither: a new column; its type is the join of everything seen (mixed values become text).
+    """
+
+    __slots__ = ("current", "fixed", "widenable", "bool_tokens")
+
+    def __init__(self, bool_tokens: frozenset[str], fixed: str | None = None, widen_from: str | None = None):
+        self.bool_tokens = bool_tokens
+        self.fixed = fixed
+        self.current = fixed or widen_from
+        self.widenable = (widen_from,) + SAFE_WIDENING.get(widen_from, ()) if widen_from else None
+
+    def check(self, values: Sequence[str | None], joined: str | None = None) -> list[int]:
+        """Observe a chunk (``None`` = NULL); return the positions of values that cannot be loaded.
+
+        ``joined`` is ``"\n".join(values)`` when the caller already has it and no value is NULL.
+        """
+        current = self.current
+        if current == TEXT:
+            return []
+        present = values if joined is not None else [v for v in values if v is not None]
+        if not present:
+            return []
+        if current is None:  # a new column's first values: guess from the first, confirm below
+            current = classify(present[0], self.bool_tokens)
+        if self._chunk_fits(present, current, joined):
+            self.current = current
+            return []
+        bad = []
+        for i, value in enumerate(values):
+            if value is None or self._value_fits(value, current):
+                continue
+            if self.fixed is not None:
+                bad.append(i)
+                continue
+            kind = classify(value, self.bool_tokens)
+            wider = join(current, kind)
+            if self.widenable is not None and wider not in self.widenable:
+                bad.append(i)
+                continue
+            current = wider
+        self.current = current
+        return bad
+
+    def _chunk_fits(self, present: Sequence[str], target: str, joined: str | None) -> bool:
+        pattern = _CHUNK.get(target)
+        if pattern is None:
+            return all(self._value_fits(v, target) for v in present)
+        if joined is None:
+            joined = "\n".join(present)
+        # A value holding a line break would look like two values; the count check catches that.
+        return pattern.fullmatch(joined) is not None and joined.count("\n") == len(present) - 1
+
+    def _value_fits(self, value: str, target: str) -> bool:
+        pattern = _ONE.get(target)
+        if pattern is not None and pattern.fullmatch(value):
+            return True
+        return fits(value, target, self.bool_tokens)
+
+    def describe_failure(self, value: str) -> str:
+        target = self.current or self.fixed or TEXT
+        if self.fixed is not None:
+            return f"value {_short(value)} is not a valid {self.fixed} (type set in config)"
+        return (f"value {_short(value)} does not fit column type {target} and {classify(value, self.bool_tokens)} "
+                f"is not a safe widening of it")
+
+
+def _short(value: str, limit: int = 60) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def bool_token_set(true_tokens: Iterable[str], false_tokens: Iterable[str]) -> frozenset[str]:
+    return frozenset(t.lower() for t in (*true_tokens, *false_tokens))

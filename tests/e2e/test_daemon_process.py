@@ -1,0 +1,87 @@
+"""`dataops run` as a user runs it: a subprocess, files dropped, SIGTERM, restart, nothing twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import poll
+
+pytestmark = pytest.mark.e2e
+
+
+def start(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    return subprocess.Popen([sys.executable, "-m", "streaming.cli", "run", "--config", str(config)],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent)
+
+
+def drop(folder: Path, name: str, ids: range) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("Order ID,Amount (USD),Note\n" + "".join(f"{i},{i}.50,\"n, {i}\"\n" for i in ids))
+
+
+def test_run_sigterm_restart_exactly_once(db, tmp_path):
+    port = _free_port()
+    config = tmp_path / "dataops.yaml"
+    config.write_text(yaml.safe_dump({
+        "postgres": {"dsn": db.dsn, "schema": db.schema, "catalog_schema": db.catalog},
+        "landing": {"path": "landing", "settle_seconds": "200ms"},
+        "spark": {"master": "local[2]", "checkpoint_dir": "checkpoints"},
+        "metrics": {"port": port},
+    }))
+    landing = tmp_path / "landing" / "orders"
+    log = tmp_path / "daemon.log"
+
+    def count():
+        if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
+            return 0
+        return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
+
+    proc = start(config, log)
+    try:
+        drop(landing, "sales.csv", range(0, 100))
+        poll(lambda: count() == 100, 120, interval=0.2, message=f"first file loaded (log: {log})")
+        drop(landing, "more.csv", range(100, 150))
+        poll(lambda: count() == 150, 60, interval=0.2, message="second file loaded")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'dataops_rows_written_total{dataset="orders"} 150.0' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    # Dropped while the daemon is down.
+    drop(landing, "offline.csv", range(150, 175))
+    proc = start(config, log)
+    try:
+        poll(lambda: count() == 175, 120, interval=0.2, message="file dropped while down loaded")
+        drop(landing, "after.csv", range(175, 180))
+        poll(lambda: count() == 180, 60, interval=0.2, message="file after restart loaded")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 180
+    assert db.scalar(f"SELECT note FROM \"{db.schema}\".orders WHERE order_id = 7") == "n, 7"
+    processed = sorted(p.name for p in (tmp_path / "landing" / "_processed" / "orders").iterdir())
+    assert processed == ["after.csv", "more.csv", "offline.csv", "sales.csv"]
+    assert "Traceback" not in log.read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,23 @@
+"""Loading files in tests through the same function the daemon's foreachBatch calls."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from streaming.batch import LandedFile, LoadContext, load_files
+from streaming.metrics import Metrics
+
+
+def load(settings, dataset: str, *paths, spark=None, stream: str | None = None, batch_id: int = 0, metrics=None):
+    from connectors.postgres import ensure_catalog
+
+    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=metrics or Metrics(), spark=spark)
+    files = [LandedFile(str(Path(p)), Path(p).name) for p in paths]
+    return load_files(ctx, dataset, files, stream or f"test:{uuid.uuid4()}", batch_id)
+
+
+def accounted(result) -> bool:
+    """Every input row is loaded, quarantined, or counted as a removed duplicate."""
+    return result.rows_in == result.loaded + result.quarantined + result.duplicates

@@ -1,0 +1,88 @@
+"""The daemon in-process with the session's Spark: landing folder to PostgreSQL, supervision."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from streaming.daemon import Daemon
+from streaming.metrics import Metrics
+from tests.conftest import poll
+
+
+@pytest.fixture
+def run_daemon(spark):
+    started = []
+
+    def start(settings):
+        daemon = Daemon(settings, settings.dsn, metrics=Metrics(), grace_seconds=30, spark=spark)
+        thread = threading.Thread(target=daemon.run, name="daemon-under-test")
+        thread.start()
+        started.append((daemon, thread))
+        return daemon
+
+    yield start
+    for daemon, thread in started:
+        daemon.request_stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "daemon did not stop"
+
+
+def drop(settings, dataset, name, text):
+    folder = settings.landing.path / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.rename(folder / name)
+
+
+def count(db, table):
+    if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.{table}",)) is None:
+        return None
+    return db.scalar(f'SELECT count(*) FROM "{db.schema}"."{table}"')
+
+
+def test_files_land_archive_and_reject(db, make_settings, run_daemon):
+    settings = make_settings(datasets={"customers": {"mode": "upsert", "primary_key": ["customer_id"]}})
+    (settings.landing.path / "orders").mkdir(parents=True)
+    daemon = run_daemon(settings)
+    drop(settings, "orders", "sales.csv", "Order ID,Amount (USD)\n1,9.99\n2,5\n")
+    poll(lambda: count(db, "orders") == 2, 60, message="orders loaded")
+    assert db.columns("orders") == {"order_id": "integer", "amount_usd": "numeric"}
+    poll(lambda: (settings.landing.path / "_processed" / "orders" / "sales.csv").exists(), 10, message="archive")
+
+    # A new dataset folder while running, with upsert.
+    drop(settings, "customers", "c1.csv", "Customer ID,Name\n1,Ann\n2,Bob\n")
+    poll(lambda: count(db, "customers") == 2, 60, message="customers loaded")
+    drop(settings, "customers", "c2.csv", "Customer ID,Name\n2,Robert\n3,Cy\n")
+    poll(lambda: count(db, "customers") == 3, 30, message="customers upserted")
+    assert db.query("SELECT name FROM {s}.customers ORDER BY customer_id") == [("Ann",), ("Robert",), ("Cy",)]
+
+    drop(settings, "orders", "broken.csv", "")
+    sidecar = settings.landing.path / "_rejected" / "orders" / "broken.csv.error.json"
+    poll(sidecar.exists, 30, message="rejection")
+    assert json.loads(sidecar.read_text())["reason"] == "empty"
+    assert count(db, "orders") == 2
+    registry = daemon.metrics.registry
+    assert registry.get_sample_value("dataops_rows_written_total", {"dataset": "orders"}) == 2
+    assert registry.get_sample_value("dataops_files_rejected_total", {"dataset": "orders"}) == 1
+    assert registry.get_sample_value("dataops_query_up", {"dataset": "customers"}) == 1
+
+
+def test_a_failing_dataset_does_not_stop_the_others(db, make_settings, run_daemon):
+    # "bad" cannot be created (partition column is not a date): its batches fail and retry.
+    settings = make_settings(datasets={"bad": {"partition_by": "amount"}})
+    daemon = run_daemon(settings)
+    drop(settings, "bad", "b.csv", "id,amount\n1,2\n")
+    drop(settings, "good", "g.csv", "id\n1\n2\n3\n")
+    poll(lambda: count(db, "good") == 3, 60, message="good dataset loaded")
+    poll(lambda: daemon.metrics.registry.get_sample_value("dataops_batches_total",
+                                                          {"dataset": "bad", "status": "failed"}), 30,
+         message="failed batch counted")
+    drop(settings, "good", "g2.csv", "id\n4\n")
+    poll(lambda: count(db, "good") == 4, 30, message="good keeps flowing")
+    assert count(db, "bad") is None
+    inbox = settings.landing.path / "_inbox" / "bad"
+    assert [p for p in inbox.iterdir() if not p.name.startswith("_")], "the failing file stays queued, not lost"

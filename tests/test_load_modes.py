@@ -1,0 +1,129 @@
+"""Load modes, exactly-once replays and the Spark execution path, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+
+from tests.helpers import accounted, load
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_append_adds_rows_from_every_file(db, make_settings, tmp_path):
+    settings = make_settings()
+    load(settings, "sales", write(tmp_path, "a.csv", "id,amount\n1,10\n2,20\n"))
+    load(settings, "sales", write(tmp_path, "b.csv", "id,amount\n3,30\n1,10\n"))
+    assert db.query("SELECT id, amount FROM {s}.sales ORDER BY id, amount") == [(1, 10), (1, 10), (2, 20), (3, 30)]
+    assert db.scalar("SELECT row_count FROM {c}.datasets WHERE name = 'sales'") == 4
+
+
+def test_upsert_keeps_the_last_occurrence_in_file_order(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"people": {"mode": "upsert", "primary_key": ["id"]}})
+    first = write(tmp_path, "1.csv", "id,name,city\n1,ann,Oslo\n2,bob,Rome\n")
+    second = write(tmp_path, "2.csv", "id,name,city\n2,bobby,Rome\n3,cy,Lima\n2,robert,NA\n")
+    third = write(tmp_path, "3.csv", "id,name,city\n3,cyrus,Lima\n")
+    load(settings, "people", first)
+    # Two files in one batch: file order, then line order decides which row wins.
+    result = load(settings, "people", second, third)
+    assert db.query("SELECT id, name, city FROM {s}.people ORDER BY id") == [
+        (1, "ann", "Oslo"), (2, "robert", None), (3, "cyrus", "Lima")]
+    assert (result.rows_in, result.loaded, result.duplicates) == (4, 2, 2)
+    assert result.inserted == 1  # id 3 is new, id 2 was updated
+    assert db.scalar("SELECT row_count FROM {c}.datasets WHERE name = 'people'") == 3
+    assert db.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid = %s::regclass",
+                     (f"{db.schema}.people",)) == 1
+
+
+def test_overwrite_replaces_the_table_atomically(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"snapshot": {"mode": "overwrite"}})
+    load(settings, "snapshot", write(tmp_path, "1.csv", "id,v\n1,a\n2,b\n3,c\n"))
+    seen = []
+    stop = threading.Event()
+
+    def reader():
+        import psycopg2
+
+        conn = psycopg2.connect(db.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute(f'SELECT count(*) FROM "{db.schema}".snapshot')
+                seen.append(cur.fetchone()[0])
+        conn.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(5):
+            load(settings, "snapshot", write(tmp_path, f"{i}.csv", "id,v\n" + "".join(f"{n},x\n" for n in range(10))))
+            load(settings, "snapshot", write(tmp_path, f"s{i}.csv", "id,v\n1,a\n2,b\n3,c\n"))
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and set(seen) <= {3, 10}  # never empty, never half-loaded
+    assert db.query("SELECT id, v FROM {s}.snapshot ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+    assert db.scalar("SELECT row_count FROM {c}.datasets WHERE name = 'snapshot'") == 3
+
+
+def test_a_replayed_batch_writes_nothing(db, make_settings, tmp_path):
+    settings = make_settings()
+    path = write(tmp_path, "a.csv", "id\n1\n2\n")
+    first = load(settings, "events", path, stream="landing:events:q1", batch_id=7)
+    again = load(settings, "events", path, stream="landing:events:q1", batch_id=7)
+    assert again.replayed and again.load_id == first.load_id and again.loaded == first.loaded == 2
+    assert db.scalar("SELECT count(*) FROM {s}.events") == 2
+    # The same batch number of another stream (a new checkpoint) is a different batch.
+    load(settings, "events", path, stream="landing:events:q2", batch_id=7)
+    assert db.scalar("SELECT count(*) FROM {s}.events") == 4
+    assert db.scalar("SELECT count(*) FROM {c}.loads WHERE dataset = 'events'") == 2
+
+
+def test_a_failed_batch_commits_nothing_and_leaves_no_staging(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"t": {"partition_by": "amount"}})
+    import pytest
+
+    from streaming.errors import SchemaError, SinkError
+
+    with pytest.raises((SchemaError, SinkError), match="partition_by column amount"):
+        load(settings, "t", write(tmp_path, "a.csv", "id,amount\n1,2\n"))
+    assert db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.t",)) is None
+    assert db.scalar("SELECT count(*) FROM {c}.loads") == 0
+    assert db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'", (db.catalog,)) == 0
+
+
+def test_spark_job_path_matches_the_driver_path(db, make_settings, tmp_path, spark):
+    settings = make_settings(landing={"local_parse_bytes": 0})
+    files = [write(tmp_path, f"{i}.csv", "id,name,amount\n" + "".join(
+        f"{i * 1000 + n},n{n % 7},{n}.5\n" for n in range(500)) + f"{i},ragged\n") for i in range(3)]
+    result = load(settings, "spark_path", *files, spark=spark)
+    assert (result.rows_in, result.loaded, result.quarantined) == (1503, 1500, 3)
+    assert accounted(result)
+    assert db.scalar("SELECT count(DISTINCT id) FROM {s}.spark_path") == 1500
+    assert db.columns("spark_path") == {"id": "integer", "name": "text", "amount": "numeric"}
+
+
+def test_partitions_and_indexes(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"ev": {"mode": "upsert", "primary_key": ["id", "day"], "partition_by": "day",
+                                              "indexes": [["kind"], "day"]}})
+    load(settings, "ev", write(tmp_path, "a.csv", "id,day,kind\n1,2024-01-05,a\n2,2024-02-10,b\n3,2024-02-11,a\n"))
+    load(settings, "ev", write(tmp_path, "b.csv", "id,day,kind\n1,2024-01-05,z\n4,2024-03-01,c\n"))
+    partitions = {r[0] for r in db.query(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass",
+        (f"{db.schema}.ev",))}
+    assert partitions == {"ev_default", "ev_p202401", "ev_p202402", "ev_p202403"}
+    assert db.query("SELECT id, kind FROM {s}.ev ORDER BY id") == [(1, "z"), (2, "b"), (3, "a"), (4, "c")]
+    indexes = {r[0] for r in db.query("SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'ev'",
+                                      (db.schema,))}
+    assert {"ev_kind_idx", "ev_day_idx"} <= indexes
+
+
+def test_hints_override_inference(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"h": {"columns": {"code": "text", "qty": "bigint"}}})
+    result = load(settings, "h", write(tmp_path, "a.csv", "code,qty\n1,5\n2,x\n"))
+    assert db.columns("h") == {"code": "text", "qty": "bigint"}
+    assert result.quarantined == 1
+    assert "not a valid bigint" in db.scalar("SELECT reason FROM {c}.quarantine")
