@@ -32,8 +32,6 @@ CHUNK_ROWS = 2000
 SNIFF_BYTES = 64 << 10
 DELIMITERS = (",", ";", "\t", "|")
 _WS = " \t"
-_EDGE_SPACE = re.compile(r"(?:^|\n)[ \t]|[ \t](?:\n|$)")
-_COPY_SPECIAL = re.compile(r"[\t\r\\]")
 # Bytes that never occur in text files (C0 controls other than tab, CR, LF, FF and the DOS EOF mark).
 _BINARY_BYTES = re.compile(rb"[\x00-\x08\x0e-\x19\x1b-\x1f]")
 
@@ -217,22 +215,74 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
-class _LineTap:
-    """Feeds lines to csv.reader and remembers those of the record being parsed (for error recovery)."""
+class _Lines:
+    """The file's physical lines (line breaks kept), read in large blocks with no Python work per line.
 
-    __slots__ = ("source", "lines")
+    csv.reader pulls lines through a C-level chain over per-block lists. The current block is kept so
+    that a record that fails to parse can be reported by its raw first line, and parsing resumed on the
+    line after it, without reading the file again (a record spanning blocks falls back to a re-read).
+    """
 
-    def __init__(self, source: Iterator[str]):
-        self.source = source
-        self.lines: list[str] = []
+    BLOCK_CHARS = 1 << 20
 
-    def __iter__(self) -> "_LineTap":
-        return self
+    def __init__(self, path: str, encoding: str, skip: int = 0):
+        self.path, self.encoding = path, encoding
+        self.block: list[str] = []
+        self.block_first = 1  # physical line number of block[0]
+        self._blocks = self._read(skip)
+        self.iterator: Iterator[str] = itertools.chain.from_iterable(self._blocks)
 
-    def __next__(self) -> str:
-        line = next(self.source)
-        self.lines.append(line)
-        return line
+    def _read(self, skip: int) -> Iterator[list[str]]:
+        with open(self.path, encoding=self.encoding, newline="") as f:
+            carry, first, separator, pattern = "", 1, "\n", _LINE_LF
+            head = True
+            while True:
+                text = f.read(self.BLOCK_CHARS)
+                eof = not text
+                if head:
+                    head = False
+                    if "\n" not in text and "\r" in text:  # old Mac files end lines with a bare CR
+                        separator, pattern = "\r", _LINE_CR
+                text = carry + text
+                if not text:
+                    return
+                if eof:
+                    body, carry = text, ""
+                else:
+                    cut = text.rfind(separator) + 1
+                    if cut == 0:  # no line break yet: read on
+                        carry = text
+                        continue
+                    body, carry = text[:cut], text[cut:]
+                lines = pattern.findall(body)
+                if skip:
+                    dropped = min(skip, len(lines))
+                    lines, skip, first = lines[dropped:], skip - dropped, first + dropped
+                if lines:
+                    self.block, self.block_first = lines, first
+                    first += len(lines)
+                    yield lines
+                if eof:
+                    return
+
+    def resume_after(self, line: int) -> tuple[str, Iterator[str]]:
+        """The raw text of ``line`` and an iterator over the lines after it."""
+        offset = line - self.block_first
+        if 0 <= offset < len(self.block):
+            rest = self.block[offset + 1:]
+            return self.block[offset], itertools.chain(rest, itertools.chain.from_iterable(self._blocks))
+        self._blocks.close()
+        again = _Lines(self.path, self.encoding, skip=line - 1)
+        raw = next(again.iterator, "")
+        self.__dict__.update(again.__dict__)
+        return raw, self.iterator
+
+    def close(self) -> None:
+        self._blocks.close()
+
+
+_LINE_LF = re.compile(r"[^\n]*\n|[^\n]+")
+_LINE_CR = re.compile(r"[^\r]*\r|[^\r]+")
 
 
 class _ParsedFile:
@@ -244,14 +294,16 @@ class _ParsedFile:
         self.nulls = frozenset(opts["null_tokens"])
         self.bools = bool_token_set(opts["true_tokens"], opts["false_tokens"])
         csv.field_size_limit(max(csv.field_size_limit(), int(opts.get("max_field_bytes", 64 << 20))))
-        self.file = open(task.path, encoding=encoding, newline="")
-        sample = self.file.read(SNIFF_BYTES)
-        self.file.seek(0)
+        with open(task.path, encoding=encoding, newline="") as f:
+            sample = f.read(SNIFF_BYTES)
         self.delimiter = opts.get("delimiter") or sniff_delimiter(sample)
-        self.tap = _LineTap(iter(self.file))
-        self.reader = csv.reader(self.tap, delimiter=self.delimiter, strict=True)
+        self.lines = _Lines(task.path, encoding)
+        self.reader = csv.reader(self.lines.iterator, delimiter=self.delimiter, strict=True)
         self.base = 0  # physical lines consumed by earlier readers (after error recovery)
         self.prev_line = 0
+        self.staged = 0
+        self.quarantined = 0
+        self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         header = self._header()
         self.source_names = [h.strip() for h in header]
         self.columns = normalize_columns(self.source_names)
@@ -266,80 +318,80 @@ class _ParsedFile:
             raise FileRejected("missing_key", f"{task.name}: primary key column(s) {', '.join(missing)} missing "
                                               f"from the header ({', '.join(self.columns)})")
         self.key_positions = [self.columns.index(k) for k in task.primary_key]
-        self.staged = 0
-        self.quarantined = 0
-        self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
+        # Null-token probes over a column joined by newlines (see _clean).
+        self._empty_is_null = "" in self.nulls
+        self._null_probes = tuple(f"\n{t}\n" for t in self.nulls if t)
+        self._null_initials = frozenset(t[0] for t in self.nulls if t)
 
     def _header(self) -> list[str]:
-        for line_no, record in self._records():
-            if isinstance(record, str):
-                raise FileRejected("bad_header", f"{self.task.name}: line {line_no}: the header cannot be parsed ({record})")
-            return record
-        raise FileRejected("empty", f"{self.task.name}: the file has no header")
-
-    def _records(self) -> Iterator[tuple[int, list[str] | str]]:
-        """Yield (first line, fields) per record, or (line, error message) for a line that cannot parse.
-
-        On a parse error (a stray quote, an unterminated quoted field, a field over the size limit) the
-        first line of the broken record is reported and parsing resumes on the line after it, so one bad
-        quote costs one row, not the rest of the file.
-        """
         while True:
             try:
                 for record in self.reader:
-                    start = self.prev_line + 1
-                    self.prev_line = self.base + self.reader.line_num
-                    self.tap.lines.clear()
+                    self.prev_line = self.reader.line_num
                     if record:
-                        yield start, record
-                return
+                        return record
+                raise FileRejected("empty", f"{self.task.name}: the file has no header")
             except csv.Error as exc:
-                bad_line = self.prev_line + 1
-                pending = self.tap.lines
-                self.raw_bad_line = pending[0] if pending else ""
-                yield bad_line, str(exc)
-                self.base = bad_line
-                self.prev_line = bad_line
-                self.tap = _LineTap(itertools.chain(pending[1:], self.file))
-                self.reader = csv.reader(self.tap, delimiter=self.delimiter, strict=True)
+                raise FileRejected("bad_header", f"{self.task.name}: line {self.prev_line + 1}: the header "
+                                                 f"cannot be parsed ({exc})") from None
 
     def copy_chunks(self) -> Iterator[str]:
-        """Text for ``COPY ... FROM STDIN`` (tab-separated, ``\\N`` for NULL), a chunk at a time."""
+        """Text for ``COPY ... FROM STDIN`` (tab-separated, ``\\N`` for NULL), a chunk at a time.
+
+        On a parse error (a stray quote, an unterminated quoted field, a field over the size limit) the
+        first line of the broken record is quarantined and parsing resumes on the line after it, so one
+        bad quote costs one row, not the rest of the file.
+        """
         ncols = len(self.columns)
         rows: list[list[str]] = []
         lines: list[int] = []
         try:
-            for line_no, record in self._records():
-                if isinstance(record, str):
-                    self._quarantine(line_no, None, self.raw_bad_line.rstrip("\r\n"), f"unparseable CSV: {record}",
-                                     None)
-                elif len(record) == ncols:
-                    rows.append(record)
-                    lines.append(line_no)
-                    if len(rows) >= CHUNK_ROWS:
-                        yield self._chunk(rows, lines)
-                        rows, lines = [], []
-                else:
-                    self._quarantine(line_no, None, None,
-                                     f"expected {ncols} fields, found {len(record)}", record)
+            while True:
+                reader = self.reader
+                try:
+                    prev = self.prev_line
+                    base = self.base
+                    for record in reader:
+                        end = base + reader.line_num
+                        if len(record) == ncols:
+                            rows.append(record)
+                            lines.append(prev + 1)
+                            if len(rows) >= CHUNK_ROWS:
+                                self.prev_line = end
+                                yield self._chunk(rows, lines)
+                                rows, lines = [], []
+                        elif record:
+                            self._quarantine(prev + 1, None, None, f"expected {ncols} fields, found {len(record)}",
+                                             record)
+                        prev = end
+                    self.prev_line = prev
+                    break
+                except csv.Error as exc:
+                    bad_line = prev + 1
+                    raw, rest = self.lines.resume_after(bad_line)
+                    self._quarantine(bad_line, None, raw.rstrip("\r\n"), f"unparseable CSV: {exc}", None)
+                    self.base = self.prev_line = bad_line
+                    self.reader = csv.reader(rest, delimiter=self.delimiter, strict=True)
             if rows:
                 yield self._chunk(rows, lines)
         finally:
-            self.file.close()
+            self.lines.close()
 
     def close(self) -> None:
-        self.file.close()
+        self.lines.close()
         self.quarantine.close()
 
     def _chunk(self, rows: list[list[str]], lines: list[int]) -> str:
         columns = [list(c) for c in zip(*rows)]
         bad: dict[int, tuple[int, str]] = {}
         out_columns = []
+        joins = []
         for ci, raw in enumerate(columns):
-            values, joined = self._clean(raw)
-            for i in self.typers[ci].check(values, joined):
+            values, joined, has_null = self._clean(raw)
+            for i in self.typers[ci].check(values, joined, has_null):
                 bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i])))
             out_columns.append(values)
+            joins.append((joined, has_null))
         for ci in self.key_positions:
             for i, v in enumerate(out_columns[ci]):
                 if v is None:
@@ -351,30 +403,40 @@ class _ParsedFile:
             keep = [i for i in range(len(rows)) if i not in bad]
             out_columns = [[col[i] for i in keep] for col in out_columns]
             lines = [lines[i] for i in keep]
+            joins = [(None, True)] * len(out_columns)
         self.staged += len(lines)
         if not lines:
             return ""
-        encoded = [_copy_column(col) for col in out_columns]
+        encoded = [_copy_column(col, *j) for col, j in zip(out_columns, joins)]
         return "\n".join(map("\t".join, zip(map(str, lines), *encoded))) + "\n"
 
-    def _clean(self, raw: list[str]) -> tuple[list[str | None], str | None]:
-        """Trim and map null tokens; also return the values joined by newlines when none is NULL."""
+    def _clean(self, raw: list[str]) -> tuple[list[str | None], str, bool]:
+        """Trim and map null tokens.
+
+        Returns the values, the non-NULL values joined by newlines, and whether any value is NULL.
+        Both checks run as substring searches over the joined column (C speed); only a column that has
+        padded values or null tokens pays a pass in Python.
+        """
         joined = "\n".join(raw)
-        if _EDGE_SPACE.search(joined):
+        if (" " in joined or "\t" in joined) and (
+                joined[:1] in _WS_FIRST or joined[-1:] in _WS_FIRST or any(p in joined for p in _EDGE_PROBES)):
             raw = [v.strip(_WS) for v in raw]
             joined = "\n".join(raw)
         if self._may_hold_null(joined):
             nulls = self.nulls
             values = [None if v in nulls else v for v in raw]
-            return values, None
-        return raw, joined
+            present = [v for v in values if v is not None]
+            if len(present) != len(values):
+                return values, "\n".join(present), True
+        return raw, joined, False
 
     def _may_hold_null(self, joined: str) -> bool:
-        pattern = getattr(self, "_null_pattern", None)
-        if pattern is None:
-            tokens = "|".join(re.escape(t) for t in sorted(self.nulls, key=len, reverse=True))
-            pattern = self._null_pattern = re.compile(rf"(?:^|\n)(?:{tokens})(?=\n|$)") if tokens else None
-        return pattern is not None and pattern.search(joined) is not None
+        if self._empty_is_null and (not joined or "\n\n" in joined or joined[0] == "\n" or joined[-1] == "\n"):
+            return True
+        if not any(c in joined for c in self._null_initials):
+            return False
+        padded = "\n" + joined + "\n"
+        return any(p in padded for p in self._null_probes)
 
     def _quarantine(self, line: int, column: str | None, raw_value: str | None, reason: str,
                     record: list[str] | None) -> None:
@@ -388,19 +450,30 @@ class _ParsedFile:
         self.quarantine.write("\t".join(_copy_value(v) for v in (str(line), column, raw_value, reason, record_json)) + "\n")
 
 
+_WS_FIRST = (" ", "\t")
+_EDGE_PROBES = ("\n ", "\n\t", " \n", "\t\n")
+
+
 def _copy_value(value: str | None) -> str:
     if value is None:
         return "\\N"
     return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _copy_column(values: list[str | None]) -> list[str]:
-    """COPY text encoding of a column; only columns that hold special characters pay per value."""
-    present = [v for v in values if v is not None]
-    joined = "\n".join(present)
-    if _COPY_SPECIAL.search(joined) or joined.count("\n") != max(len(present) - 1, 0):
-        return [_copy_value(v) for v in values]
-    if len(present) == len(values):
+def _copy_column(values: list[str | None], joined: str | None = None, has_null: bool = True) -> list[str]:
+    """COPY text encoding of a column; only columns that hold special characters pay per value.
+
+    ``joined`` is the column's non-NULL values joined by newlines, when the caller has it.
+    """
+    if joined is None:
+        joined = "\n".join(v for v in values if v is not None)
+        has_null = None in values
+    count = len(values) - values.count(None) if has_null else len(values)
+    if "\t" in joined or "\r" in joined or "\\" in joined or (joined.count("\n") != max(count - 1, 0)):
+        return ["\\N" if v is None else
+                v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+                for v in values]
+    if not has_null:
         return values
     return ["\\N" if v is None else v for v in values]
 

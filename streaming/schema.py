@@ -158,23 +158,25 @@ class ColumnTyper:
         Neither: a new column; its type is the join of everything seen (mixed values become text).
     """
 
-    __slots__ = ("current", "fixed", "widenable", "bool_tokens")
+    __slots__ = ("current", "fixed", "widenable", "bool_tokens", "_bool_chunk")
 
     def __init__(self, bool_tokens: frozenset[str], fixed: str | None = None, widen_from: str | None = None):
         self.bool_tokens = bool_tokens
+        value = "|".join(re.escape(t) for t in sorted(bool_tokens, key=len, reverse=True))
+        self._bool_chunk = re.compile(rf"(?i:{value})(?:\n(?i:{value}))*") if bool_tokens else None
         self.fixed = fixed
         self.current = fixed or widen_from
         self.widenable = (widen_from,) + SAFE_WIDENING.get(widen_from, ()) if widen_from else None
 
-    def check(self, values: Sequence[str | None], joined: str | None = None) -> list[int]:
+    def check(self, values: Sequence[str | None], joined: str | None = None, has_null: bool = True) -> list[int]:
         """Observe a chunk (``None`` = NULL); return the positions of values that cannot be loaded.
 
-        ``joined`` is ``"\n".join(values)`` when the caller already has it and no value is NULL.
+        ``joined`` is the non-NULL values joined by newlines, when the caller already has it.
         """
         current = self.current
         if current == TEXT:
             return []
-        present = values if joined is not None else [v for v in values if v is not None]
+        present = values if not has_null else [v for v in values if v is not None]
         if not present:
             return []
         if current is None:  # a new column's first values: guess from the first, confirm below
@@ -199,7 +201,7 @@ class ColumnTyper:
         return bad
 
     def _chunk_fits(self, present: Sequence[str], target: str, joined: str | None) -> bool:
-        pattern = _CHUNK.get(target)
+        pattern = self._bool_chunk if target == "boolean" else _CHUNK.get(target)
         if pattern is None:
             return all(self._value_fits(v, target) for v in present)
         if joined is None:
@@ -211,7 +213,15 @@ class ColumnTyper:
         pattern = _ONE.get(target)
         if pattern is not None and pattern.fullmatch(value):
             return True
-        return fits(value, target, self.bool_tokens)
+        if self.fixed is not None:  # a configured type: whatever PostgreSQL casts exactly
+            return fits(value, target, self.bool_tokens)
+        # An inferred or table type: only values that keep all their information (007 is not 7).
+        if target == TEXT:
+            return True
+        if target == "boolean":
+            return value.lower() in self.bool_tokens
+        kind = classify(value, self.bool_tokens)
+        return kind != "boolean" and join(kind, target) == target
 
     def describe_failure(self, value: str) -> str:
         target = self.current or self.fixed or TEXT

@@ -7,7 +7,7 @@
 | latin1.csv, cp1252.csv | decoded (cp1252 covers latin-1 text); accents, euro sign and curly quotes intact |
 | bom.csv | BOM dropped: first column is ``id`` |
 | crlf.csv | no carriage returns in values |
-| quoted_newlines.csv | embedded CRLF/LF newlines, doubled quotes and commas kept byte for byte |
+| quoted_newlines.csv | embedded CRLF/LF newlines, doubled quotes, commas, tabs and backslashes kept byte for byte, beside NULLs |
 | semicolon.csv, tab.tsv, pipe.csv | delimiter sniffed |
 | headers.csv | duplicate, blank, keyword, injection and over-long headers normalized; originals kept |
 | big field (generated) | a 5 MB quoted field loads intact |
@@ -80,6 +80,7 @@ def test_quoted_newlines_quotes_and_commas_are_byte_faithful(db, make_settings):
         (1, "12 Main St\r\nApt 4", 'she said "hi", then left'),
         (2, "line1\nline2\nline3", "plain"),
         (3, "simple", "a,b,c"),
+        (4, None, "tab\there\\\\backslash"),  # two backslashes, as in the file
     ]
 
 

@@ -1,0 +1,167 @@
+"""Load benchmark: the warm daemon against `psql \\copy`, in one run on one machine.
+
+Generates a messy CSV (quoted commas and quotes, embedded line breaks, padded numbers, empty
+fields, leading-zero codes, non-ASCII text), then times
+
+  (a) ``psql \\copy`` of the file into a hand-typed table: the floor on this machine;
+  (b) the warm daemon loading the same file: dropped into the landing folder -> all rows committed;
+  (c) the drop-to-visible latency of small files into the warm daemon (p50, p95);
+
+and prints rows/s for (a) and (b) and the ratio (a)/(b) (1.0 = as fast as psql).
+
+    python bench/bench_load.py [--rows 1000000] [--small-files 30] [--dsn DSN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psycopg2  # noqa: E402
+
+COLUMNS = ("order_id,customer,amount,quantity,unit_price,created_at,order_date,"
+           "is_active,zip,email,score,note")
+PSQL_TABLE = """CREATE TABLE {t} (order_id integer, customer text, amount numeric, quantity integer,
+    unit_price numeric, created_at timestamp, order_date date, is_active boolean, zip text, email text,
+    score double precision, note text)"""
+
+
+def generate(path: Path, rows: int, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    names = ["Smith, J", 'The "Best" Shop', "Zoë Müller", "O'Brien", "plain name", "Ünïcode Çafé"]
+    notes = ["", "fragile", "call before\ndelivery", 'said "leave it"', "a, b, c", "ok"]
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(COLUMNS + "\n")
+        for i in range(rows):
+            customer = rng.choice(names)
+            note = rng.choice(notes)
+            amount = "" if i % 37 == 0 else f"{rng.randint(0, 99999)}.{rng.randint(0, 99):02d}"
+            f.write(
+                f'{i},"{customer.replace(chr(34), chr(34) * 2)}",{amount}, {rng.randint(1, 50)} ,'
+                f"{rng.randint(1, 999)}.{rng.randint(0, 9)},"
+                f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00,"
+                f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d},{rng.choice(['true', 'false'])},"
+                f"{rng.randint(0, 99999):05d},user{i}@example.com,{rng.random() * 1000:.3e},"
+                f'"{note.replace(chr(34), chr(34) * 2)}"\n'
+            )
+
+
+def psql_copy(dsn: str, path: Path, schema: str) -> float:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA "{schema}"')
+        cur.execute(PSQL_TABLE.format(t=f'"{schema}".floor'))
+    conn.close()
+    started = time.perf_counter()
+    subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qc",
+                    f"\\copy \"{schema}\".floor FROM '{path}' WITH (FORMAT csv, HEADER)"], check=True)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--small-files", type=int, default=30)
+    parser.add_argument("--dsn", default=os.environ.get("DATAOPS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--master", default="local[*]")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="dataops-bench-"))
+    token = uuid.uuid4().hex[:8]
+    schema, catalog = f"bench_{token}", f"bench_{token}_cat"
+    big = work / "orders_big.csv"
+    print(f"generating {args.rows:,} rows ...", flush=True)
+    generate(big, args.rows)
+    print(f"  {big.stat().st_size / 1e6:.1f} MB", flush=True)
+
+    from streaming.config import Settings
+    from streaming.daemon import Daemon
+
+    try:
+        floor = psql_copy(args.dsn, big, schema + "_floor")
+        print(f"(a) psql \\copy          {floor:7.2f} s  {args.rows / floor:>12,.0f} rows/s", flush=True)
+
+        settings = Settings(
+            postgres={"dsn": args.dsn, "schema": schema, "catalog_schema": catalog},
+            landing={"path": str(work / "landing"), "settle_seconds": 0.25},
+            spark={"master": args.master, "checkpoint_dir": str(work / "checkpoints")},
+            metrics={"enabled": False}, logging={"level": "WARNING"},
+        )
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        from connectors.postgres import ensure_catalog
+
+        ensure_catalog(args.dsn, catalog, schema)
+        daemon = Daemon(settings, args.dsn)
+        thread = threading.Thread(target=daemon.run, daemon=True)
+        thread.start()
+        conn = psycopg2.connect(args.dsn)
+        conn.autocommit = True
+
+        def committed_rows(dataset: str) -> int:
+            with conn.cursor() as cur:
+                cur.execute(f'SELECT coalesce(sum(rows_loaded), 0) FROM "{catalog}".loads '
+                            "WHERE dataset = %s AND status = 'committed'", (dataset,))
+                return cur.fetchone()[0]
+
+        def drop_and_wait(dataset: str, source: Path, expect: int, timeout: float = 600) -> float:
+            folder = work / "landing" / dataset
+            folder.mkdir(parents=True, exist_ok=True)
+            before = committed_rows(dataset)
+            staged = folder / f".{uuid.uuid4().hex}.tmp"
+            shutil.copyfile(source, staged)
+            started = time.perf_counter()
+            staged.rename(folder / f"{uuid.uuid4().hex}.csv")  # the moment the file is dropped
+            deadline = started + timeout
+            while committed_rows(dataset) < before + expect:
+                if time.perf_counter() > deadline:
+                    raise SystemExit(f"timed out waiting for {dataset}")
+                time.sleep(0.005)
+            return time.perf_counter() - started
+
+        small = work / "small.csv"
+        generate(small, 100, seed=11)
+        # Warm up: JVM, query, Python workers, the table itself.
+        for _ in range(3):
+            drop_and_wait("orders", small, 100)
+        big_rows = args.rows
+        seconds = drop_and_wait("orders", big, big_rows)
+        print(f"(b) warm daemon          {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s", flush=True)
+        print(f"    ratio (a)/(b)        {floor / seconds:7.2f}", flush=True)
+
+        latencies = [drop_and_wait("events", small, 100) for _ in range(args.small_files + 2)][2:]
+        latencies.sort()
+        p50 = statistics.median(latencies)
+        p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
+        print(f"(c) 100-row files        p50 {p50 * 1000:6.0f} ms   p95 {p95 * 1000:6.0f} ms   "
+              f"({len(latencies)} files)", flush=True)
+        daemon.request_stop()
+        thread.join(timeout=120)
+        conn.close()
+    finally:
+        conn = psycopg2.connect(args.dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for s in (schema, catalog, schema + "_floor"):
+                cur.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
+        conn.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
