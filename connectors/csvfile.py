@@ -52,6 +52,9 @@ class FileTask:
         hints: column -> type from config; values must fit.
         primary_key: columns that must not be NULL.
         widen: whether existing columns may widen (policy ``evolve``).
+        part: a large file is parsed in parts (byte ranges cut at record boundaries, see
+            :func:`plan_parts`); ``part`` > 0 or a set ``header`` means the task reads only
+            ``[start, end)``, whose first physical line is ``first_line``.
     """
 
     path: str
@@ -67,6 +70,24 @@ class FileTask:
     hints: dict
     primary_key: tuple
     widen: bool = True
+    part: int = 0
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    header: tuple | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+    last_part: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FilePlan:
+    """How a large file is cut into parts that parse in parallel (computed on the driver)."""
+
+    encoding: str
+    delimiter: str
+    header: tuple
+    ranges: tuple  # ((start byte, end byte, first physical line), ...)
 
 
 @dataclasses.dataclass
@@ -86,6 +107,7 @@ class FileReport:
     quarantined_rows: int = 0
     stage_table: str = ""
     quarantine_table: str = ""
+    bad_cut: bool = False  # the part ended inside a quoted field: its cut was not a record boundary
 
     @property
     def rows_in(self) -> int:
@@ -124,7 +146,7 @@ def _run(task: FileTask) -> FileReport:
 def _stage_file(task: FileTask) -> FileReport:
     import psycopg2
 
-    encoding = detect_encoding(task.path, task.name, task.options.get("encoding"))
+    encoding = task.encoding or detect_encoding(task.path, task.name, task.options.get("encoding"))
     parsed = _ParsedFile(task, encoding)
     conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
     try:
@@ -148,13 +170,13 @@ def _stage_file(task: FileTask) -> FileReport:
     finally:
         conn.close()
         parsed.close()
-    if parsed.staged == 0 and parsed.quarantined == 0:
+    if parsed.staged == 0 and parsed.quarantined == 0 and task.header is None:
         return FileReport(task.name, task.path, task.seq, "rejected", "header_only",
                           f"{task.name}: the file has a header but no data rows")
     return FileReport(
         task.name, task.path, task.seq, "staged", encoding=encoding, delimiter=parsed.delimiter,
         columns=[[n, s, t.current] for n, s, t in zip(parsed.columns, parsed.source_names, parsed.typers)],
-        staged_rows=parsed.staged, quarantined_rows=parsed.quarantined,
+        staged_rows=parsed.staged, quarantined_rows=parsed.quarantined, bad_cut=parsed.bad_cut,
     )
 
 
@@ -215,6 +237,135 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
+_SPLITTABLE = {"utf-8", "utf-8-sig", "cp1252", "latin-1", "iso8859-1"}
+_SCAN_BLOCK = 8 << 20
+
+
+def plan_parts(path: str, name: str, options: dict, parts: int) -> FilePlan | None:
+    """Cut a large file into ``parts`` byte ranges that start and end on record boundaries.
+
+    Runs on the driver: one pass over the bytes at C speed (decode check, quote and newline counts).
+    A line break ends a record when the number of quote characters before it is even, which holds
+    for every RFC 4180 file; a quote in the middle of an unquoted field (``ab"c``) breaks that rule,
+    so such a file is not split and parses as one task. Returns None when the file should not be
+    split; raises :class:`FileRejected` like a file task would.
+
+    The quote-parity rule is checked after the fact too: a part that ends inside a quoted field
+    reports ``bad_cut`` and the driver parses the file again in one piece. Because every part starts
+    where the one before it ended, a wrong cut always shows up that way in the part before it.
+    """
+    encoding = detect_encoding(path, name, options.get("encoding"))
+    if codecs.lookup(encoding).name not in _SPLITTABLE or parts < 2:
+        return None
+    with open(path, encoding=encoding, newline="") as f:
+        sample = f.read(SNIFF_BYTES)
+    if "\n" not in sample:
+        return None
+    delimiter = options.get("delimiter") or sniff_delimiter(sample)
+    header_lines, header = _first_record(sample, delimiter)
+    if header is None:
+        return None
+    sep = delimiter.encode(encoding)
+    # A quote with an ordinary character on both sides. The pattern starts with the quote itself so
+    # the regex engine can skip ahead to quote characters (a leading class would test every byte).
+    ordinary = b'[^' + re.escape(sep) + b'\n\r"]'
+    stray = re.compile(b'"(?<=' + ordinary + b'")(?=' + ordinary + b')')
+    size = os.path.getsize(path)
+    targets = [size * k // parts for k in range(1, parts)]
+    cuts: list[tuple[int, int]] = []  # (byte offset after a record's line break, lines before it)
+    quotes = lines = offset = 0
+    header_end = None
+    previous = b""
+    with open(path, "rb") as f:
+        while block := f.read(_SCAN_BLOCK):
+            if stray.search(previous[-2:] + block):
+                return None
+            pos = 0
+            while header_end is None:
+                nl = block.find(b"\n", pos)
+                if nl < 0:
+                    break
+                quotes += block.count(b'"', pos, nl)
+                lines, pos = lines + 1, nl + 1
+                if lines == header_lines:
+                    header_end = offset + pos
+            while targets and targets[0] < offset + len(block):
+                start = max(targets[0] - offset, pos)
+                quotes += block.count(b'"', pos, start)
+                lines += block.count(b"\n", pos, start)
+                pos = start
+                found = False
+                while (nl := block.find(b"\n", pos)) >= 0:
+                    quotes += block.count(b'"', pos, nl)
+                    lines, pos = lines + 1, nl + 1
+                    if quotes % 2 == 0:
+                        cuts.append((offset + pos, lines))
+                        found = True
+                        break
+                if not found:
+                    break
+                targets.pop(0)
+            quotes += block.count(b'"', pos)
+            lines += block.count(b"\n", pos)
+            offset += len(block)
+            previous = block
+    if header_end is None:
+        return None
+    bounds = [(header_end, header_lines)] + [c for c in cuts if c[0] > header_end and c[0] < size]
+    bounds = sorted(set(bounds))
+    ranges = tuple((b, bounds[i + 1][0] if i + 1 < len(bounds) else size, n + 1) for i, (b, n) in enumerate(bounds))
+    if len(ranges) < 2:
+        return None
+    return FilePlan(encoding, delimiter, tuple(header), ranges)
+
+
+def _first_record(sample: str, delimiter: str) -> tuple[int, list[str] | None]:
+    """The header record of a file's first bytes and how many physical lines it spans."""
+    lines = _LINE_LF.findall(sample)
+    reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
+    try:
+        for record in reader:
+            if record:
+                return reader.line_num, record
+    except csv.Error:
+        return 0, None
+    return 0, None
+
+
+class _RangeFile(io.RawIOBase):
+    """Bytes ``[start, end)`` of a file, for a text wrapper."""
+
+    def __init__(self, path: str, start: int, end: int | None):
+        self.f = open(path, "rb")
+        self.f.seek(start)
+        self.left = None if end is None else end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.left is not None:
+            if self.left <= 0:
+                return 0
+            view = memoryview(buffer)[: self.left]
+        else:
+            view = memoryview(buffer)
+        n = self.f.readinto(view)
+        if self.left is not None:
+            self.left -= n
+        return n
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def _open_text(path: str, encoding: str, start: int = 0, end: int | None = None):
+    if start == 0 and end is None:
+        return open(path, encoding=encoding, newline="")
+    return io.TextIOWrapper(io.BufferedReader(_RangeFile(path, start, end), 1 << 20), encoding=encoding, newline="")
+
+
 class _Lines:
     """The file's physical lines (line breaks kept), read in large blocks with no Python work per line.
 
@@ -225,16 +376,19 @@ class _Lines:
 
     BLOCK_CHARS = 1 << 20
 
-    def __init__(self, path: str, encoding: str, skip: int = 0):
+    def __init__(self, path: str, encoding: str, skip: int = 0, start: int = 0, end: int | None = None,
+                 first_line: int = 1):
         self.path, self.encoding = path, encoding
+        self.range = (start, end, first_line)
         self.block: list[str] = []
-        self.block_first = 1  # physical line number of block[0]
+        self.block_first = first_line  # physical line number of block[0]
         self._blocks = self._read(skip)
         self.iterator: Iterator[str] = itertools.chain.from_iterable(self._blocks)
 
     def _read(self, skip: int) -> Iterator[list[str]]:
-        with open(self.path, encoding=self.encoding, newline="") as f:
-            carry, first, separator, pattern = "", 1, "\n", _LINE_LF
+        start, end, first = self.range
+        with _open_text(self.path, self.encoding, start, end) as f:
+            carry, separator, pattern = "", "\n", _LINE_LF
             head = True
             while True:
                 text = f.read(self.BLOCK_CHARS)
@@ -272,7 +426,8 @@ class _Lines:
             rest = self.block[offset + 1:]
             return self.block[offset], itertools.chain(rest, itertools.chain.from_iterable(self._blocks))
         self._blocks.close()
-        again = _Lines(self.path, self.encoding, skip=line - 1)
+        start, end, first_line = self.range
+        again = _Lines(self.path, self.encoding, skip=line - first_line, start=start, end=end, first_line=first_line)
         raw = next(again.iterator, "")
         self.__dict__.update(again.__dict__)
         return raw, self.iterator
@@ -294,17 +449,21 @@ class _ParsedFile:
         self.nulls = frozenset(opts["null_tokens"])
         self.bools = bool_token_set(opts["true_tokens"], opts["false_tokens"])
         csv.field_size_limit(max(csv.field_size_limit(), int(opts.get("max_field_bytes", 64 << 20))))
-        with open(task.path, encoding=encoding, newline="") as f:
-            sample = f.read(SNIFF_BYTES)
-        self.delimiter = opts.get("delimiter") or sniff_delimiter(sample)
-        self.lines = _Lines(task.path, encoding)
+        if task.delimiter:
+            self.delimiter = task.delimiter
+        else:
+            with open(task.path, encoding=encoding, newline="") as f:
+                sample = f.read(SNIFF_BYTES)
+            self.delimiter = opts.get("delimiter") or sniff_delimiter(sample)
+        self.lines = _Lines(task.path, encoding, start=task.start, end=task.end, first_line=task.first_line)
         self.reader = csv.reader(self.lines.iterator, delimiter=self.delimiter, strict=True)
-        self.base = 0  # physical lines consumed by earlier readers (after error recovery)
-        self.prev_line = 0
+        # Physical lines before this reader's first line (the part's offset, then error recovery).
+        self.base = self.prev_line = task.first_line - 1
         self.staged = 0
         self.quarantined = 0
+        self.bad_cut = False
         self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
-        header = self._header()
+        header = list(task.header) if task.header is not None else self._header()
         self.source_names = [h.strip() for h in header]
         self.columns = normalize_columns(self.source_names)
         table = task.table_types
@@ -327,7 +486,7 @@ class _ParsedFile:
         while True:
             try:
                 for record in self.reader:
-                    self.prev_line = self.reader.line_num
+                    self.prev_line = self.base + self.reader.line_num
                     if record:
                         return record
                 raise FileRejected("empty", f"{self.task.name}: the file has no header")
@@ -367,6 +526,10 @@ class _ParsedFile:
                     self.prev_line = prev
                     break
                 except csv.Error as exc:
+                    if not self.task.last_part and "unexpected end of data" in str(exc):
+                        # Inside a quoted field at the end of a part that is not the file's last: the cut
+                        # that ends this part is not a record boundary (see plan_parts).
+                        self.bad_cut = True
                     bad_line = prev + 1
                     raw, rest = self.lines.resume_after(bad_line)
                     self._quarantine(bad_line, None, raw.rstrip("\r\n"), f"unparseable CSV: {exc}", None)

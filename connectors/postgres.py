@@ -266,7 +266,7 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     result.quarantined = sum(r.quarantined_rows for r in staged)
     result.loaded, result.inserted = loaded, inserted
     result.duplicates = staged_rows - loaded
-    result.files = [_file_entry(r) for r in plan.reports]
+    result.files = _file_entries(plan.reports)
     row_count_sql = {"append": "row_count + %s", "upsert": "row_count + %s", "overwrite": "%s"}[plan.mode]
     replaced = plan.mode == "overwrite" and not staged_rows
     cur.execute(sql.SQL(
@@ -284,18 +284,43 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     return result
 
 
-def _file_entry(report: FileReport) -> dict:
-    entry = {"name": report.name, "path": report.path, "status": report.status}
-    if report.status == "rejected":
-        entry.update(reason=report.reason, detail=report.detail)
-    else:
-        entry.update(rows_in=report.rows_in, staged=report.staged_rows, quarantined=report.quarantined_rows,
-                     encoding=report.encoding, delimiter=report.delimiter)
-    return entry
+def _file_entries(reports: Sequence[FileReport]) -> list[dict]:
+    """One entry per file (a large file's parts add up), in batch order."""
+    entries: dict[int, dict] = {}
+    for report in sorted(reports, key=lambda r: r.seq):
+        entry = entries.setdefault(report.seq, {"name": report.name, "path": report.path, "status": report.status})
+        if report.status == "rejected":
+            entry.update(status="rejected", reason=report.reason, detail=report.detail)
+            continue
+        entry["rows_in"] = entry.get("rows_in", 0) + report.rows_in
+        entry["staged"] = entry.get("staged", 0) + report.staged_rows
+        entry["quarantined"] = entry.get("quarantined", 0) + report.quarantined_rows
+        entry["parts"] = entry.get("parts", 0) + 1
+        entry.update(encoding=report.encoding, delimiter=report.delimiter)
+    return list(entries.values())
 
 
-def stage_names(token: str, seq: int) -> tuple[str, str]:
+def stage_names(token: str, seq: int | str) -> tuple[str, str]:
     return f"stg_{token}_{seq}", f"stgq_{token}_{seq}"
+
+
+def drop_stale_stages(dsn: str, stage_schema: str, older_than: float) -> int:
+    """Drop staging tables left by batches that crashed (their token starts with the creation time)."""
+    import time
+
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename ~ '^stgq?_[0-9a-f]{8}'",
+                        (stage_schema,))
+            cutoff = time.time() - older_than
+            stale = [name for (name,) in cur.fetchall() if int(name.split("_")[1][:8], 16) < cutoff]
+            if stale:
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    sql.SQL(", ").join(sql.Identifier(stage_schema, n) for n in stale)))
+            return len(stale)
+    finally:
+        conn.close()
 
 
 def drop_stage_tables(cur, stage_schema: str, reports: Sequence[FileReport]) -> None:

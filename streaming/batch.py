@@ -14,7 +14,8 @@ import time
 import uuid
 
 from connectors import postgres
-from connectors.csvfile import FileReport, FileTask, run_file_task
+from connectors.csvfile import FileReport, FileTask, plan_parts, run_file_task
+from streaming.errors import FileRejected
 from streaming.config import CsvOptions, DatasetConfig, Settings
 from streaming.errors import ShutdownRequested, SinkError, TransientSinkError
 from streaming.metrics import Metrics
@@ -81,16 +82,14 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
         raise postgres.classify_error(exc, f"dataset {dataset}: batch {batch_id}") from exc
     finally:
         conn.close()
-    token = uuid.uuid4().hex[:12]
+    token = stage_token()
     options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
-    tasks = []
-    for seq, f in enumerate(files):
-        stage, quarantine = postgres.stage_names(token, seq)
-        tasks.append(FileTask(
-            path=f.path, name=f.name, seq=seq, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema,
-            stage_table=stage, quarantine_table=quarantine, options=options, table_types=table_types,
-            hints=dict(cfg.columns), primary_key=tuple(cfg.primary_key), widen=cfg.on_schema_change == "evolve"))
-    reports = _run_tasks(ctx, tasks)
+    template = FileTask(
+        path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
+        quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
+        primary_key=tuple(cfg.primary_key), widen=cfg.on_schema_change == "evolve")
+    local = ctx.spark is None or sum(f.size for f in files) <= settings.landing.local_parse_bytes
+    reports = _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
     plan = postgres.MergePlan(
         dataset=dataset, source=source or f"landing:{dataset}", table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
@@ -103,7 +102,7 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
             raise kind(f"dataset {dataset}: batch {batch_id}: " + "; ".join(r.detail for r in failed))
         result = postgres.merge(ctx.dsn, plan)
     except BaseException:
-        _drop_stages(ctx, plan)
+        _drop_reports(ctx, plan.reports)
         ctx.metrics.batches.labels(dataset, "failed").inc()
         raise
     seconds = time.monotonic() - started
@@ -117,23 +116,72 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
     return result
 
 
-def _run_tasks(ctx: LoadContext, tasks: list[FileTask]) -> list[FileReport]:
-    total = sum(os.path.getsize(t.path) if os.path.exists(t.path) else 0 for t in tasks)
-    if ctx.spark is None or total <= ctx.settings.landing.local_parse_bytes:
-        return [run_file_task(t) for t in tasks]
+def stage_token() -> str:
+    """A batch's staging-table token: creation time (hex seconds) and randomness, so leftovers of a
+    crashed batch can be recognized by age."""
+    return f"{int(time.time()):08x}{uuid.uuid4().hex[:6]}"
+
+
+def _plan_tasks(ctx: LoadContext, template: FileTask, files: list[LandedFile], token: str,
+                split: bool) -> list[FileTask | FileReport]:
+    """One task per file; with ``split``, a large file becomes one task per part (per Spark core)."""
+    parallelism = ctx.spark.sparkContext.defaultParallelism if split else 1
+    tasks: list[FileTask | FileReport] = []
+    for seq, f in enumerate(files):
+        plan = None
+        if parallelism > 1 and f.size > ctx.settings.landing.split_bytes:
+            try:
+                plan = plan_parts(f.path, f.name, template.options, parallelism)
+            except FileRejected as exc:
+                tasks.append(FileReport(f.name, f.path, seq, "rejected", exc.reason, exc.detail))
+                continue
+        ranges = plan.ranges if plan else ((0, None, 1),)
+        for part, (start, end, first_line) in enumerate(ranges):
+            stage, quarantine = postgres.stage_names(token, f"{seq}_{part}")
+            tasks.append(dataclasses.replace(
+                template, path=f.path, name=f.name, seq=seq, stage_table=stage, quarantine_table=quarantine,
+                part=part, start=start, end=end, first_line=first_line,
+                header=plan.header if plan else None, encoding=plan.encoding if plan else None,
+                delimiter=plan.delimiter if plan else None, last_part=part == len(ranges) - 1))
+    return tasks
+
+
+def _run_tasks(ctx: LoadContext, planned: list[FileTask | FileReport], local: bool) -> list[FileReport]:
+    """Run the file tasks: on the driver for a small batch, else as one Spark job."""
+    tasks = [t for t in planned if isinstance(t, FileTask)]
+    done = [t for t in planned if isinstance(t, FileReport)]
+    if not tasks:
+        return done
+    if local:
+        return done + [run_file_task(t) for t in tasks]
+    reports = _spark_job(ctx, tasks)
+    bad = {r.seq for r in reports if r.bad_cut}
+    if bad:
+        # A cut was not a record boundary: parse those files again in one piece.
+        _drop_reports(ctx, [r for r in reports if r.seq in bad])
+        redo = [dataclasses.replace(t, stage_table=t.stage_table + "w", quarantine_table=t.quarantine_table + "w",
+                                    part=0, start=0, end=None, first_line=1, header=None, last_part=True)
+                for t in tasks if t.seq in bad and t.part == 0]
+        log.info("dataset=%s: re-parsing %s in one piece (a part boundary fell inside a quoted field)",
+                 tasks[0].dataset, ", ".join(t.name for t in redo))
+        reports = [r for r in reports if r.seq not in bad] + _spark_job(ctx, redo)
+    return done + reports
+
+
+def _spark_job(ctx: LoadContext, tasks: list[FileTask]) -> list[FileReport]:
     sc = ctx.spark.sparkContext
-    sc.setJobDescription(f"dataops: stage {len(tasks)} file(s) of {tasks[0].dataset}")
-    # One task per file; the job returns one small report per file.
+    sc.setJobDescription(f"dataops: stage {len(tasks)} part(s) of {tasks[0].dataset}")
+    # One Spark task per file part; the job returns one small report per part.
     return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
 
 
-def _drop_stages(ctx: LoadContext, plan: postgres.MergePlan) -> None:
+def _drop_reports(ctx: LoadContext, reports: list[FileReport]) -> None:
     try:
         conn = postgres.connect(ctx.dsn)
         try:
             with conn, conn.cursor() as cur:
-                postgres.drop_stage_tables(cur, plan.stage_schema, plan.reports)
+                postgres.drop_stage_tables(cur, ctx.settings.postgres.catalog_schema, reports)
         finally:
             conn.close()
-    except Exception as exc:  # the database may be the reason we are here
-        log.debug("could not drop staging tables of %s batch %s: %s", plan.dataset, plan.batch_id, exc)
+    except Exception as exc:  # the database may be the reason we are here; stale stages are dropped later
+        log.debug("could not drop staging tables: %s", exc)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
 MAX_BACKOFF_SECONDS = 60.0
 TRANSIENT_RETRY_SECONDS = 300.0
+STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch (or ingest)
 
 
 @dataclasses.dataclass
@@ -64,6 +65,9 @@ class Daemon:
 
         pg = self.settings.postgres
         postgres.ensure_catalog(self.ctx.dsn, pg.catalog_schema, pg.schema_name)
+        dropped = postgres.drop_stale_stages(self.ctx.dsn, pg.catalog_schema, STALE_STAGE_SECONDS)
+        if dropped:
+            log.info("dropped %d staging table(s) left by interrupted batches", dropped)
         if self.spark is None:
             self.spark = create_session(self.settings)
         self.ctx.spark = self.spark

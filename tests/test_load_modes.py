@@ -127,3 +127,56 @@ def test_hints_override_inference(db, make_settings, tmp_path):
     assert db.columns("h") == {"code": "text", "qty": "bigint"}
     assert result.quarantined == 1
     assert "not a valid bigint" in db.scalar("SELECT reason FROM {c}.quarantine")
+
+
+def test_a_large_file_parsed_in_parts_matches_one_pass(db, make_settings, tmp_path, spark):
+    """Parts are cut at record boundaries: quoted line breaks, line numbers and errors come out the same."""
+    rows = []
+    for n in range(40000):
+        if n == 30000:
+            rows.append(f'{n},"opens a quote that never closes,1\n')
+        elif n % 997 == 0:
+            rows.append(f"{n},ragged\n")
+        else:
+            rows.append(f'{n},"note {n}, with ""quotes""\nand a second line",{n % 13}\n')
+    path = write(tmp_path, "big.csv", "id,note,qty\n" + "".join(rows))
+    assert path.stat().st_size > 2 << 20
+    split = make_settings(landing={"local_parse_bytes": 0, "split_bytes": 1 << 20})
+    parts = load(split, "split", path, spark=spark)
+    whole = load(make_settings(), "whole", path)
+    assert parts.files[0]["parts"] == spark.sparkContext.defaultParallelism > 1
+    assert (parts.rows_in, parts.loaded, parts.quarantined) == (whole.rows_in, whole.loaded, whole.quarantined)
+    assert accounted(parts)
+    assert db.query("SELECT id, note, qty FROM {s}.split EXCEPT SELECT id, note, qty FROM {s}.whole") == []
+    assert db.scalar("SELECT note FROM {s}.split WHERE id = 39999") == 'note 39999, with "quotes"\nand a second line'
+    lines = "SELECT line, reason FROM {c}.quarantine WHERE dataset = %s ORDER BY line"
+    assert db.query(lines, ("split",)) == db.query(lines, ("whole",))
+
+
+def test_a_cut_inside_a_quoted_field_is_detected_and_the_file_reparsed(db, make_settings, tmp_path, spark):
+    # An opening quote that never closes flips quote parity for the rest of the file, so the planned cut
+    # lands inside a quoted field; the part before it reports that and the file is parsed whole.
+    rows = ['0,"opens and never closes,1\n'] + [f'{n},"multi\nline {n}",{n}\n' for n in range(1, 40000)]
+    path = write(tmp_path, "tricky.csv", "id,note,qty\n" + "".join(rows))
+    split = make_settings(landing={"local_parse_bytes": 0, "split_bytes": 1 << 20})
+    parts = load(split, "split", path, spark=spark)
+    whole = load(make_settings(), "whole", path)
+    assert parts.files[0]["parts"] == 1  # planned in parts, then parsed in one piece
+    assert (parts.rows_in, parts.loaded, parts.quarantined) == (whole.rows_in, whole.loaded, whole.quarantined)
+    assert db.query("SELECT * FROM {s}.split EXCEPT SELECT * FROM {s}.whole") == []
+    assert whole.loaded > 39000
+
+
+def test_a_stray_quote_keeps_a_file_in_one_part(tmp_path):
+    from connectors.csvfile import plan_parts
+    from streaming.config import DatasetConfig
+
+    options = DatasetConfig().model_dump()
+    clean = write(tmp_path, "clean.csv", "a,b\n" + '1,"x ""y""\nz"\n' * 100000)
+    stray = write(tmp_path, "stray.csv", "a,b\n" + '1,"x"\n' * 100000 + '2,ab"c\n' + "3,y\n" * 100000)
+    plan = plan_parts(str(clean), "clean.csv", options, 2)
+    assert plan is not None and len(plan.ranges) == 2
+    start, _, first_line = plan.ranges[1]
+    data = clean.read_bytes()
+    assert data[:start].count(b"\n") + 1 == first_line and first_line % 2 == 0  # a record starts there
+    assert plan_parts(str(stray), "stray.csv", options, 2) is None
