@@ -51,7 +51,9 @@ class FileTask:
         table_types: the target table's current columns and types (empty if it does not exist yet).
         hints: column -> type from config; values must fit.
         primary_key: columns that must not be NULL.
-        widen: whether existing columns may widen (policy ``evolve``).
+        policy: ``on_schema_change`` — ``evolve`` (existing columns may widen, new ones are added),
+            ``rescue`` (the table never changes; unknown columns and values that do not fit go to
+            the row's ``_rescued`` JSON) or ``fail`` (a file that does not match is rejected).
         part: a large file is parsed in parts (byte ranges cut at record boundaries, see
             :func:`plan_parts`); ``part`` > 0 or a set ``header`` means the task reads only
             ``[start, end)``, whose first physical line is ``first_line``.
@@ -69,7 +71,7 @@ class FileTask:
     table_types: dict
     hints: dict
     primary_key: tuple
-    widen: bool = True
+    policy: str = "evolve"
     part: int = 0
     start: int = 0
     end: int | None = None
@@ -108,6 +110,7 @@ class FileReport:
     stage_table: str = ""
     quarantine_table: str = ""
     bad_cut: bool = False  # the part ended inside a quoted field: its cut was not a record boundary
+    diff: dict | None = None  # policy fail: how the file differs from the table
 
     @property
     def rows_in(self) -> int:
@@ -127,7 +130,7 @@ def _run(task: FileTask) -> FileReport:
     try:
         return _stage_file(task)
     except FileRejected as exc:
-        return FileReport(task.name, task.path, task.seq, "rejected", exc.reason, exc.detail)
+        return FileReport(task.name, task.path, task.seq, "rejected", exc.reason, exc.detail, diff=exc.diff)
     except psycopg2.Error as exc:
         from connectors.postgres import is_transient
 
@@ -155,11 +158,11 @@ def _stage_file(task: FileTask) -> FileReport:
 
             stage = sql.Identifier(task.stage_schema, task.stage_table)
             quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
-            cols = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(len(parsed.columns)))
+            cols = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(len(parsed.out_names)))
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (_ord bigint, {})").format(
                 stage, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"c{i}"))
-                                          for i in range(len(parsed.columns)))))
+                                          for i in range(len(parsed.out_names)))))
             cur.execute(sql.SQL(
                 "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
             ).format(quarantine))
@@ -170,12 +173,19 @@ def _stage_file(task: FileTask) -> FileReport:
     finally:
         conn.close()
         parsed.close()
+    mismatch = parsed.type_mismatch()
+    if mismatch:
+        return FileReport(task.name, task.path, task.seq, "rejected", "schema_mismatch",
+                          f"{task.name}: values need wider types than table {task.dataset} has and "
+                          f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
+                                                                     for c, d in mismatch.items()),
+                          diff={"changed_types": mismatch})
     if parsed.staged == 0 and parsed.quarantined == 0 and task.header is None:
         return FileReport(task.name, task.path, task.seq, "rejected", "header_only",
                           f"{task.name}: the file has a header but no data rows")
     return FileReport(
         task.name, task.path, task.seq, "staged", encoding=encoding, delimiter=parsed.delimiter,
-        columns=[[n, s, t.current] for n, s, t in zip(parsed.columns, parsed.source_names, parsed.typers)],
+        columns=parsed.report_columns(),
         staged_rows=parsed.staged, quarantined_rows=parsed.quarantined, bad_cut=parsed.bad_cut,
     )
 
@@ -237,6 +247,7 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
+RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
 _SPLITTABLE = {"utf-8", "utf-8-sig", "cp1252", "latin-1", "iso8859-1"}
 _SCAN_BLOCK = 8 << 20
 
@@ -466,12 +477,7 @@ class _ParsedFile:
         header = list(task.header) if task.header is not None else self._header()
         self.source_names = [h.strip() for h in header]
         self.columns = normalize_columns(self.source_names)
-        table = task.table_types
-        self.typers = [
-            ColumnTyper(self.bools, fixed=task.hints.get(c) or (None if task.widen else table.get(c)),
-                        widen_from=table.get(c) if task.widen and c not in task.hints else None)
-            for c in self.columns
-        ]
+        self._setup_columns(task, opts)
         missing = [k for k in task.primary_key if k not in self.columns]
         if missing:
             raise FileRejected("missing_key", f"{task.name}: primary key column(s) {', '.join(missing)} missing "
@@ -481,6 +487,51 @@ class _ParsedFile:
         self._empty_is_null = "" in self.nulls
         self._null_probes = tuple(f"\n{t}\n" for t in self.nulls if t)
         self._null_initials = frozenset(t[0] for t in self.nulls if t)
+
+    def _setup_columns(self, task: FileTask, opts: dict) -> None:
+        """Typers per column by policy, and which columns are staged (see FileTask.policy)."""
+        table = task.table_types
+        formats = tuple(opts.get("date_formats") or ())
+        self.unknown: set[int] = set()
+        if table and task.policy != "evolve":
+            new = [c for c in self.columns if c not in table]
+            missing = [c for c in table if c not in self.columns and c != RESCUED]
+            if task.policy == "fail" and (new or missing):
+                diff = {"new_columns": new, "missing_columns": missing}
+                raise FileRejected("schema_mismatch", f"{task.name}: header does not match table {task.dataset} and "
+                                                      f"on_schema_change is fail: new columns {new or 'none'}, "
+                                                      f"missing columns {missing or 'none'}", diff=diff)
+            self.unknown = {i for i, c in enumerate(self.columns) if c not in table}
+        self.typers = []
+        for c in self.columns:
+            hint = task.hints.get(c)
+            if hint:
+                typer = ColumnTyper(self.bools, fixed=hint, loose=True, formats=formats)
+            elif c in table and task.policy == "evolve":
+                typer = ColumnTyper(self.bools, widen_from=table[c], formats=formats)
+            elif c in table:
+                typer = ColumnTyper(self.bools, fixed=table[c], formats=formats)
+            else:
+                typer = ColumnTyper(self.bools, formats=formats)
+            self.typers.append(typer)
+        self.rescue = task.policy == "rescue" and bool(table)
+        self.out_positions = [i for i in range(len(self.columns)) if i not in self.unknown]
+        self.out_names = [self.columns[i] for i in self.out_positions] + ([RESCUED] if self.rescue else [])
+
+    def report_columns(self) -> list[list]:
+        """[name, source name, type, date format] of each staged column."""
+        out = [[self.columns[i], self.source_names[i], self.typers[i].current, self.typers[i].format]
+               for i in self.out_positions]
+        if self.rescue:
+            out.append([RESCUED, None, "jsonb", None])
+        return out
+
+    def type_mismatch(self) -> dict:
+        """Policy fail: columns whose values needed a wider type than the table's."""
+        if self.task.policy != "fail":
+            return {}
+        return {self.columns[i]: {"table": t.fixed, "file": t.wanted} for i, t in enumerate(self.typers)
+                if t.wanted and not t.loose}
 
     def _header(self) -> list[str]:
         while True:
@@ -547,12 +598,27 @@ class _ParsedFile:
     def _chunk(self, rows: list[list[str]], lines: list[int]) -> str:
         columns = [list(c) for c in zip(*rows)]
         bad: dict[int, tuple[int, str]] = {}
+        rescued: dict[int, dict] = {}
         out_columns = []
         joins = []
         for ci, raw in enumerate(columns):
             values, joined, has_null = self._clean(raw)
-            for i in self.typers[ci].check(values, joined, has_null):
-                bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i])))
+            if ci in self.unknown:  # rescue: a column the table does not have
+                for i, v in enumerate(values):
+                    if v is not None:
+                        rescued.setdefault(i, {})[self.columns[ci]] = rows[i][ci]
+                out_columns.append(values)
+                joins.append((joined, has_null))
+                continue
+            failures = self.typers[ci].check(values, joined, has_null)
+            if failures and self.rescue:
+                for i in failures:
+                    rescued.setdefault(i, {})[self.columns[ci]] = rows[i][ci]
+                    values[i] = None
+                joined, has_null = None, True
+            else:
+                for i in failures:
+                    bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i])))
             out_columns.append(values)
             joins.append((joined, has_null))
         for ci in self.key_positions:
@@ -562,6 +628,13 @@ class _ParsedFile:
         for i in sorted(bad):
             ci, reason = bad[i]
             self._quarantine(lines[i], self.columns[ci], rows[i][ci], reason, rows[i])
+        out_columns = [out_columns[i] for i in self.out_positions]
+        joins = [joins[i] for i in self.out_positions]
+        if self.rescue:
+            name = self.task.name
+            out_columns.append([json.dumps({**rescued[i], "_file": name}, ensure_ascii=False) if i in rescued else None
+                                for i in range(len(rows))])
+            joins.append((None, True))
         if bad:
             keep = [i for i in range(len(rows)) if i not in bad]
             out_columns = [[col[i] for i in keep] for col in out_columns]

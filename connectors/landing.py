@@ -279,7 +279,8 @@ class Landing:
         """Move a committed file to ``_processed/<dataset>/`` (idempotent: a missing file is fine)."""
         return self._move(landed, self.processed(dataset))
 
-    def reject(self, dataset: str, landed: LandedFile, reason: str, detail: str, load_id: int | None = None) -> Path | None:
+    def reject(self, dataset: str, landed: LandedFile, reason: str, detail: str, load_id: int | None = None,
+               diff: dict | None = None) -> Path | None:
         """Move a file that cannot be loaded to ``_rejected/<dataset>/`` beside ``<file>.error.json``."""
         target = self._move(landed, self.rejected(dataset))
         if target is not None:
@@ -287,6 +288,7 @@ class Landing:
             sidecar.write_text(json.dumps({
                 "file": landed.name, "dataset": dataset, "reason": reason, "error": detail, "load_id": load_id,
                 "rejected_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                **({"diff": diff} if diff else {}),
             }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             log.warning("dataset=%s file %s rejected (%s): %s", dataset, landed.name, reason, detail)
             if self.metrics is not None:

@@ -15,11 +15,11 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from connectors.csvfile import FileReport
+from connectors.csvfile import RESCUED, FileReport
 from streaming.config import PG_TYPES
 from streaming.errors import SchemaError, SinkError, TransientSinkError
 from streaming.naming import normalize_identifier
-from streaming.schema import SAFE_WIDENING, join
+from streaming.schema import SAFE_WIDENING, join, pg_format
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class MergePlan:
     hints: dict
     indexes: list
     partition_by: str | None
-    widen: bool
+    policy: str  # on_schema_change: evolve | rescue | fail
     stream: str
     batch_id: int
     reports: list  # FileReport, staged and rejected
@@ -291,6 +291,8 @@ def _file_entries(reports: Sequence[FileReport]) -> list[dict]:
         entry = entries.setdefault(report.seq, {"name": report.name, "path": report.path, "status": report.status})
         if report.status == "rejected":
             entry.update(status="rejected", reason=report.reason, detail=report.detail)
+            if report.diff:
+                entry["diff"] = report.diff
             continue
         entry["rows_in"] = entry.get("rows_in", 0) + report.rows_in
         entry["staged"] = entry.get("staged", 0) + report.staged_rows
@@ -334,7 +336,7 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileRe
     batch_types: dict[str, str | None] = {}
     sources: dict[str, str] = {}
     for report in staged:
-        for name, source_name, kind in report.columns:
+        for name, source_name, kind, _ in report.columns:
             batch_types[name] = join(batch_types[name], kind) if batch_types.get(name) else kind
             sources.setdefault(name, source_name)
     columns = dict(existing)
@@ -344,13 +346,20 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileRe
             return columns, sources, changes
         for name, kind in batch_types.items():
             columns[name] = plan.hints.get(name) or kind or "text"
+        if plan.policy == "rescue":
+            columns[RESCUED] = "jsonb"
         changes.append({"change": "create", "columns": dict(columns)})
         return columns, sources, changes
+    if plan.policy == "rescue" and RESCUED not in existing:
+        columns[RESCUED] = "jsonb"
+        changes.append({"change": "add_column", "column": RESCUED, "type": "jsonb"})
+    if plan.policy != "evolve":
+        return columns, sources, changes  # the table's schema does not change
     for name, kind in batch_types.items():
         if name not in existing:
             columns[name] = plan.hints.get(name) or kind or "text"
             changes.append({"change": "add_column", "column": name, "type": columns[name]})
-        elif kind and kind != existing[name] and plan.widen and kind in SAFE_WIDENING.get(existing[name], ()):
+        elif kind and kind != existing[name] and kind in SAFE_WIDENING.get(existing[name], ()):
             columns[name] = kind
             changes.append({"change": "widen", "column": name, "from": existing[name], "to": kind})
     return columns, sources, changes
@@ -421,13 +430,20 @@ def _source_query(plan: MergePlan, staged: list[FileReport], columns: dict[str, 
     for report in staged:
         if not report.staged_rows:
             continue
-        positions = {name: i for i, (name, _, _) in enumerate(report.columns)}
+        positions = {c[0]: i for i, c in enumerate(report.columns)}
         select = [sql.SQL("{} AS _seq, _ord").format(sql.Literal(report.seq))]
-        for name in columns:
-            if name in positions:
-                select.append(sql.SQL("{} AS {}").format(sql.Identifier(f"c{positions[name]}"), sql.Identifier(name)))
-            else:
+        for name, kind in columns.items():
+            if name not in positions:
                 select.append(sql.SQL("NULL::text AS {}").format(sql.Identifier(name)))
+                continue
+            value = sql.Identifier(f"c{positions[name]}")
+            date_format = report.columns[positions[name]][3]
+            if date_format and kind in ("date", "timestamp", "timestamptz"):
+                # Values in the file's configured format become ISO text; ISO values pass through.
+                value = sql.SQL("CASE WHEN {v} ~ '^\\d{{4}}-\\d{{2}}-\\d{{2}}' THEN {v} "
+                                "ELSE to_char(to_timestamp({v}, {f}), 'YYYY-MM-DD HH24:MI:SS.US') END").format(
+                    v=value, f=sql.Literal(pg_format(date_format)))
+            select.append(sql.SQL("{} AS {}").format(value, sql.Identifier(name)))
         parts.append(sql.SQL("SELECT {} FROM {}").format(
             sql.SQL(", ").join(select), sql.Identifier(plan.stage_schema, report.stage_table)))
     casts = [sql.SQL("{} AS {}").format(_cast(c, t, plan.true_tokens), sql.Identifier(c)) for c, t in columns.items()]

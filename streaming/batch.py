@@ -87,13 +87,13 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
     template = FileTask(
         path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
         quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
-        primary_key=tuple(cfg.primary_key), widen=cfg.on_schema_change == "evolve")
+        primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change)
     local = ctx.spark is None or sum(f.size for f in files) <= settings.landing.local_parse_bytes
     reports = _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
     plan = postgres.MergePlan(
         dataset=dataset, source=source or f"landing:{dataset}", table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
-        indexes=cfg.indexes, partition_by=cfg.partition_by, widen=cfg.on_schema_change == "evolve", stream=stream,
+        indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens))
     try:
         failed = [r for r in reports if r.status == "error"]
@@ -133,7 +133,7 @@ def _plan_tasks(ctx: LoadContext, template: FileTask, files: list[LandedFile], t
             try:
                 plan = plan_parts(f.path, f.name, template.options, parallelism)
             except FileRejected as exc:
-                tasks.append(FileReport(f.name, f.path, seq, "rejected", exc.reason, exc.detail))
+                tasks.append(FileReport(f.name, f.path, seq, "rejected", exc.reason, exc.detail, diff=exc.diff))
                 continue
         ranges = plan.ranges if plan else ((0, None, 1),)
         for part, (start, end, first_line) in enumerate(ranges):

@@ -116,7 +116,22 @@ class CsvOptions(_Section):
     false_tokens: list[str] = Field(default_factory=lambda: list(DEFAULT_FALSE_TOKENS))
     delimiter: str | None = Field(None, description="None = sniffed from , ; tab |")
     encoding: str | None = Field(None, description="None = UTF-8 (BOM or not), else cp1252/latin-1 detected")
+    date_formats: list[str] = Field(default_factory=list, description="strptime formats besides ISO 8601")
     max_field_bytes: int = Field(64 << 20, ge=1024)
+
+    @field_validator("date_formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        from streaming.schema import PG_FORMAT
+
+        for fmt in v:
+            directives = re.findall(r"%.", fmt)
+            unknown = [d for d in directives if d not in PG_FORMAT]
+            if not directives or unknown:
+                raise ValueError(f"date format {fmt!r}: use the directives {' '.join(sorted(PG_FORMAT))}")
+            if "'" in fmt or '"' in fmt:
+                raise ValueError(f"date format {fmt!r} may not contain quotes")
+        return v
 
     @field_validator("delimiter")
     @classmethod

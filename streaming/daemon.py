@@ -107,6 +107,8 @@ class Daemon:
         deadline = time.monotonic() + self.grace_seconds
         while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
+        # Batches refused at shutdown raise on purpose; py4j would log each as an error with a traceback.
+        logging.getLogger("py4j").setLevel(logging.CRITICAL)
         for q in self.queries.values():
             if q.batch_active:
                 log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
@@ -168,13 +170,15 @@ class Daemon:
 
         def on_batch(df, batch_id: int) -> None:
             ready.wait()
-            paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
-            if not paths:
-                return
-            files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
             q.batch_active = True
             try:
-                self._load_with_retry(dataset, files, f"landing:{dataset}:{ref['id']}", batch_id)
+                if self.ctx.stopping.is_set():
+                    # Raising (not returning) keeps the batch uncommitted in Spark: it replays on restart.
+                    raise ShutdownRequested(f"dataset {dataset}: batch {batch_id} not started, stopping")
+                paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
+                if paths:
+                    files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
+                    self._load_with_retry(dataset, files, f"landing:{dataset}:{ref['id']}", batch_id)
             finally:
                 q.batch_active = False
 
@@ -223,7 +227,8 @@ class Daemon:
             if entry is None:
                 continue
             if entry["status"] == "rejected":
-                self.landing.reject(dataset, f, entry.get("reason", ""), entry.get("detail", ""), load_id)
+                self.landing.reject(dataset, f, entry.get("reason", ""), entry.get("detail", ""), load_id,
+                                    diff=entry.get("diff"))
             else:
                 self.landing.archive(dataset, f)
 

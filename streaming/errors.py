@@ -19,12 +19,14 @@ class FileRejected(SourceError):
     Attributes:
         reason: short machine-readable reason (``empty``, ``binary``, ``encoding`` ...).
         detail: human-readable sentence naming the file and what is wrong.
+        diff: for a schema mismatch, what differs from the table (written to the ``.error.json``).
     """
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, diff: dict | None = None):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.diff = diff
 
 
 class SchemaError(DataOpsError):

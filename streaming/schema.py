@@ -151,22 +151,37 @@ class ColumnTyper:
     """Tracks one column's type across chunks of values.
 
     Args:
-        fixed: a type the values must fit (a config hint, or the table's column under a policy that
-            forbids widening); failing values are reported as bad rows.
+        fixed: a type the values must fit; failing values are reported as bad rows. With ``loose``
+            (a type set in config) it accepts whatever PostgreSQL casts exactly (``007`` as 7);
+            otherwise (a table's type that may not change) only lossless values.
         widen_from: the table's current type when it may widen along :data:`SAFE_WIDENING`; values
             fitting no safe widening are reported as bad rows.
-        Neither: a new column; its type is the join of everything seen (mixed values become text).
+        formats: extra date/timestamp formats (``strptime`` directives) besides ISO 8601; a column
+            uses one of them, recorded in :attr:`format`.
+        Neither ``fixed`` nor ``widen_from``: a new column, typed by the join of everything seen
+        (mixed values become text).
+
+    Attributes:
+        current: the type so far (None while only NULLs were seen).
+        wanted: for a fixed, non-loose type, the safe widening some values would have needed.
+        format: the non-ISO date format the column's values use, if any.
     """
 
-    __slots__ = ("current", "fixed", "widenable", "bool_tokens", "_bool_chunk")
+    __slots__ = ("current", "fixed", "loose", "widenable", "bool_tokens", "_bool_chunk", "formats", "format",
+                 "wanted")
 
-    def __init__(self, bool_tokens: frozenset[str], fixed: str | None = None, widen_from: str | None = None):
+    def __init__(self, bool_tokens: frozenset[str], fixed: str | None = None, widen_from: str | None = None,
+                 loose: bool = False, formats: Sequence[str] = ()):
         self.bool_tokens = bool_tokens
         value = "|".join(re.escape(t) for t in sorted(bool_tokens, key=len, reverse=True))
         self._bool_chunk = re.compile(rf"(?i:{value})(?:\n(?i:{value}))*") if bool_tokens else None
         self.fixed = fixed
+        self.loose = loose and fixed is not None
         self.current = fixed or widen_from
         self.widenable = (widen_from,) + SAFE_WIDENING.get(widen_from, ()) if widen_from else None
+        self.formats = tuple(formats)
+        self.format: str | None = None
+        self.wanted: str | None = None
 
     def check(self, values: Sequence[str | None], joined: str | None = None, has_null: bool = True) -> list[int]:
         """Observe a chunk (``None`` = NULL); return the positions of values that cannot be loaded.
@@ -180,7 +195,7 @@ class ColumnTyper:
         if not present:
             return []
         if current is None:  # a new column's first values: guess from the first, confirm below
-            current = classify(present[0], self.bool_tokens)
+            current = self._classify(present[0])
         if self._chunk_fits(present, current, joined):
             self.current = current
             return []
@@ -188,17 +203,28 @@ class ColumnTyper:
         for i, value in enumerate(values):
             if value is None or self._value_fits(value, current):
                 continue
-            if self.fixed is not None:
-                bad.append(i)
-                continue
-            kind = classify(value, self.bool_tokens)
+            kind = self._classify(value)
             wider = join(current, kind)
-            if self.widenable is not None and wider not in self.widenable:
+            if self.fixed is not None:
+                if not self.loose and wider in SAFE_WIDENING.get(self.fixed, ()):
+                    self.wanted = join(self.wanted, wider) if self.wanted else wider
                 bad.append(i)
-                continue
-            current = wider
+            elif self.widenable is not None and wider not in self.widenable:
+                bad.append(i)
+            else:
+                current = wider
         self.current = current
         return bad
+
+    def _classify(self, value: str) -> str:
+        kind = classify(value, self.bool_tokens)
+        if kind == TEXT and self.formats:
+            for fmt in ((self.format,) if self.format else self.formats):
+                parsed = _parse_with(value, fmt)
+                if parsed is not None:
+                    self.format = fmt
+                    return parsed
+        return kind
 
     def _chunk_fits(self, present: Sequence[str], target: str, joined: str | None) -> bool:
         pattern = self._bool_chunk if target == "boolean" else _CHUNK.get(target)
@@ -207,13 +233,19 @@ class ColumnTyper:
         if joined is None:
             joined = "\n".join(present)
         # A value holding a line break would look like two values; the count check catches that.
-        return pattern.fullmatch(joined) is not None and joined.count("\n") == len(present) - 1
+        if pattern.fullmatch(joined) is not None and joined.count("\n") == len(present) - 1:
+            return True
+        return self.format is not None and all(self._value_fits(v, target) for v in present)
 
     def _value_fits(self, value: str, target: str) -> bool:
         pattern = _ONE.get(target)
         if pattern is not None and pattern.fullmatch(value):
             return True
-        if self.fixed is not None:  # a configured type: whatever PostgreSQL casts exactly
+        if self.format is not None and target in _TEMPORAL_ACCEPTS:
+            kind = _parse_with(value, self.format)
+            if kind is not None:
+                return kind in _TEMPORAL_ACCEPTS[target]
+        if self.loose:  # a configured type: whatever PostgreSQL casts exactly
             return fits(value, target, self.bool_tokens)
         # An inferred or table type: only values that keep all their information (007 is not 7).
         if target == TEXT:
@@ -224,11 +256,43 @@ class ColumnTyper:
         return kind != "boolean" and join(kind, target) == target
 
     def describe_failure(self, value: str) -> str:
-        target = self.current or self.fixed or TEXT
-        if self.fixed is not None:
+        target = self.fixed or self.current or TEXT
+        if self.loose:
             return f"value {_short(value)} is not a valid {self.fixed} (type set in config)"
-        return (f"value {_short(value)} does not fit column type {target} and {classify(value, self.bool_tokens)} "
-                f"is not a safe widening of it")
+        kind = classify(value, self.bool_tokens)
+        if self.fixed is not None:
+            return f"value {_short(value)} ({kind}) does not fit column type {target}, which may not change"
+        return f"value {_short(value)} does not fit column type {target} and {kind} is not a safe widening of it"
+
+
+_TIME_DIRECTIVES = ("%H", "%I", "%M", "%S", "%f", "%p")
+
+
+def _parse_with(value: str, fmt: str) -> str | None:
+    """'date' or 'timestamp' if ``value`` parses with the strptime format ``fmt``, else None."""
+    try:
+        dt.datetime.strptime(value, fmt)
+    except ValueError:
+        return None
+    return "timestamp" if any(d in fmt for d in _TIME_DIRECTIVES) else "date"
+
+
+# strptime directive -> PostgreSQL to_timestamp pattern, for formats a user may configure.
+PG_FORMAT = {"%Y": "YYYY", "%y": "YY", "%m": "MM", "%d": "DD", "%H": "HH24", "%I": "HH12", "%M": "MI",
+             "%S": "SS", "%f": "US", "%p": "AM", "%b": "Mon", "%B": "Month", "%j": "DDD", "%%": "%"}
+
+
+def pg_format(fmt: str) -> str:
+    """The PostgreSQL ``to_timestamp`` pattern of a strptime format (validated by the config)."""
+    out, i = [], 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            out.append(PG_FORMAT[fmt[i:i + 2]])
+            i += 2
+        else:
+            out.append('"' + fmt[i] + '"' if fmt[i].isalpha() else fmt[i])
+            i += 1
+    return "".join(out)
 
 
 def _short(value: str, limit: int = 60) -> str:

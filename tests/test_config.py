@@ -54,6 +54,10 @@ def test_config_path_from_environment(tmp_path, monkeypatch):
     ("datasets: {orders: {columns: {amount: money}}}\n", "datasets.orders.columns"),
     ("spark: {trigger_interval: soon}\n", "spark.trigger_interval"),
     ("metrics: {port: 99999}\n", "metrics.port"),
+    ("datasets: {orders: {date_formats: ['%Q/%d']}}\n", "datasets.orders.date_formats"),
+    ("datasets: {orders: {on_schema_change: ignore}}\n", "datasets.orders.on_schema_change"),
+    ("csv: {delimiter: ';;'}\n", "csv.delimiter"),
+    ("csv: {encoding: klingon}\n", "csv.encoding"),
 ])
 def test_bad_keys_and_values_are_refused_with_the_key_named(tmp_path, monkeypatch, text, key):
     monkeypatch.delenv("DATAOPS_CONFIG", raising=False)

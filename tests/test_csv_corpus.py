@@ -17,6 +17,8 @@
 | duplicates.csv | exact duplicate rows removed and counted |
 | orders_v1..v3 | new column added (older rows NULL); bigint widening; a value fitting no widening quarantined |
 | key_nulls.csv | upsert: rows with a NULL key quarantined |
+| orders_v1..v3, rescue | the table never changes; the new column and values that do not fit go to ``_rescued`` |
+| orders_v1..v3, fail | v2 and v3 rejected with the header diff / the type diff |
 """
 
 from __future__ import annotations
@@ -172,3 +174,43 @@ def test_null_keys_are_quarantined_for_upsert(db, make_settings):
     assert (result.loaded, result.quarantined) == (2, 2)
     assert [r[3] for r in quarantine(db, "people")] == ["NULL in primary key column id"] * 2
     assert db.scalar("SELECT quarantined_rows FROM {c}.datasets WHERE name = 'people'") == 2
+
+
+def test_rescue_keeps_the_schema_and_rescues_what_does_not_fit(db, make_settings):
+    settings = make_settings(datasets={"orders": {"on_schema_change": "rescue"}})
+    load(settings, "orders", CORPUS / "orders_v1.csv")
+    new_column = load(settings, "orders", CORPUS / "orders_v2_new_column.csv")
+    changed = load(settings, "orders", CORPUS / "orders_v3_type_change.csv")
+    assert db.columns("orders") == {"order_id": "integer", "qty": "integer", "shipped": "date", "_rescued": "jsonb"}
+    assert (new_column.loaded, changed.loaded, changed.quarantined) == (1, 2, 0)
+    rescued = dict(db.query("SELECT order_id, _rescued FROM {s}.orders WHERE _rescued IS NOT NULL"))
+    assert rescued[3] == {"channel": "web", "_file": "orders_v2_new_column.csv"}
+    assert rescued[4] == {"qty": "5000000000", "shipped": "2024-01-04 08:30:00", "_file": "orders_v3_type_change.csv"}
+    assert rescued[5] == {"qty": "abc", "_file": "orders_v3_type_change.csv"}
+    assert db.query("SELECT qty, shipped FROM {s}.orders WHERE order_id = 5") == [(None, __import__("datetime").date(2024, 1, 5))]
+    assert db.scalar("SELECT count(*) FROM {c}.schema_versions WHERE dataset = 'orders'") == 1
+
+
+def test_fail_rejects_files_that_do_not_match_with_a_diff(db, make_settings):
+    settings = make_settings(datasets={"orders": {"on_schema_change": "fail"}})
+    load(settings, "orders", CORPUS / "orders_v1.csv")
+    header = load(settings, "orders", CORPUS / "orders_v2_new_column.csv")
+    assert header.files[0]["status"] == "rejected" and header.files[0]["reason"] == "schema_mismatch"
+    assert header.files[0]["diff"] == {"new_columns": ["channel"], "missing_columns": []}
+    types = load(settings, "orders", CORPUS / "orders_v3_type_change.csv")
+    assert types.files[0]["status"] == "rejected"
+    assert types.files[0]["diff"] == {"changed_types": {"qty": {"table": "integer", "file": "bigint"},
+                                                        "shipped": {"table": "date", "file": "timestamp"}}}
+    assert db.scalar("SELECT count(*) FROM {s}.orders") == 2
+    assert db.columns("orders") == {"order_id": "integer", "qty": "integer", "shipped": "date"}
+
+
+def test_configured_date_formats(db, make_settings, tmp_path):
+    path = tmp_path / "eu.csv"
+    path.write_text("id,day,at\n1,31/01/2024,31/01/2024 10:30\n2,2024-02-29,29/02/2024 23:59\n3,NA,\n")
+    settings = make_settings(datasets={"eu": {"date_formats": ["%d/%m/%Y", "%d/%m/%Y %H:%M"]}})
+    result = load(settings, "eu", path)
+    assert result.quarantined == 0
+    assert db.columns("eu") == {"id": "integer", "day": "date", "at": "timestamp without time zone"}
+    assert db.query("SELECT day::text, at::text FROM {s}.eu ORDER BY id") == [
+        ("2024-01-31", "2024-01-31 10:30:00"), ("2024-02-29", "2024-02-29 23:59:00"), (None, None)]
