@@ -52,9 +52,8 @@ def classify_error(exc: BaseException, what: str) -> Exception:
     return SinkError(f"{what}: {detail}")
 
 
-def connect(dsn: str, application_name: str = "dataops"):
-    conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=10)
-    return conn
+def connect(dsn: str, application_name: str = "dataops", connect_timeout: int = 10):
+    return psycopg2.connect(dsn, application_name=application_name, connect_timeout=connect_timeout)
 
 
 def canonical_pg_type(formatted: str) -> str:

@@ -97,15 +97,10 @@ def _dsn(settings: Settings):
 
 
 def cmd_run(args, settings: Settings) -> int:
-    from prometheus_client import start_http_server
-
     from streaming.daemon import Daemon
 
     dsn, embedded = _dsn(settings)
     daemon = Daemon(settings, dsn, grace_seconds=args.grace)
-    if settings.metrics.enabled:
-        start_http_server(settings.metrics.port, addr=settings.metrics.host, registry=daemon.metrics.registry)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics.host, settings.metrics.port)
     try:
         return daemon.run()
     finally:

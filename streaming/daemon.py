@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -21,7 +22,8 @@ from connectors.landing import Landing
 from streaming.batch import LandedFile, LoadContext, load_files
 from streaming.config import Settings
 from streaming.errors import ShutdownRequested, TransientSinkError
-from streaming.metrics import Metrics
+from streaming.health import HealthServer
+from streaming.metrics import Metrics, progress_listener
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +60,21 @@ class Daemon:
         self.spark = spark
         self._owns_spark = spark is None
         self._signals = 0
+        self._listener = None
+        self.health: HealthServer | None = None
+        self.running = False
+        # A failing batch raises out of foreachBatch; py4j would log each with a full traceback. The
+        # supervisor reports it in one line naming the dataset instead.
+        logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def run(self) -> int:
         from streaming.session import create_session
 
+        if self.settings.metrics.enabled and self.health is None:
+            m = self.settings.metrics
+            self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness).start()
+            log.info("metrics and health on http://%s:%d (/metrics, /healthz, /readyz)", m.host, self.health.port)
         pg = self.settings.postgres
         postgres.ensure_catalog(self.ctx.dsn, pg.catalog_schema, pg.schema_name)
         dropped = postgres.drop_stale_stages(self.ctx.dsn, pg.catalog_schema, STALE_STAGE_SECONDS)
@@ -71,9 +83,12 @@ class Daemon:
         if self.spark is None:
             self.spark = create_session(self.settings)
         self.ctx.spark = self.spark
+        self._listener = progress_listener(self.metrics)
+        self.spark.streams.addListener(self._listener)
         self._install_signals()
         self._finish_committed_files()
         self.landing.start()
+        self.running = True
         log.info("watching %s; %d dataset(s): %s", self.landing.root, len(self.landing.datasets()),
                  ", ".join(self.landing.datasets()) or "none yet")
         try:
@@ -85,6 +100,26 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers."""
+        queries = {q.dataset: "running" if q.query is not None and q.query.isActive else
+                   ("restarting" if q.failures else "starting") for q in list(self.queries.values())}
+        try:
+            conn = postgres.connect(self.ctx.dsn, connect_timeout=3)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+            finally:
+                conn.close()
+            database = "ok"
+        except Exception as exc:
+            database = f"unreachable: {_first_line(exc)}"
+        self.metrics.postgres_up.set(1 if database == "ok" else 0)
+        state = "running" if self.running and not self.stop_event.is_set() else (
+            "stopping" if self.stop_event.is_set() else "starting")
+        ready = state == "running" and database == "ok" and all(v == "running" for v in queries.values())
+        return ready, {"daemon": state, "postgres": database, "queries": queries}
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -102,13 +137,12 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def _shutdown(self) -> None:
+        self.running = False
         self.landing.stop()
         self.ctx.stopping.set()  # batches not yet started are abandoned; they replay on the next start
         deadline = time.monotonic() + self.grace_seconds
         while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        # Batches refused at shutdown raise on purpose; py4j would log each as an error with a traceback.
-        logging.getLogger("py4j").setLevel(logging.CRITICAL)
         for q in self.queries.values():
             if q.batch_active:
                 log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
@@ -119,8 +153,12 @@ class Daemon:
                 except Exception as exc:  # stopping a failed query can raise; nothing left to do
                     log.debug("dataset=%s: stop: %s", q.dataset, exc)
             self.metrics.query_up.labels(q.dataset).set(0)
+        if self.spark is not None and self._listener is not None:
+            self.spark.streams.removeListener(self._listener)
         if self.spark is not None and self._owns_spark:
             self.spark.stop()
+        if self.health is not None:
+            self.health.stop()
         log.info("stopped")
 
     # --- queries -----------------------------------------------------------------------------
@@ -136,7 +174,6 @@ class Daemon:
         for q in list(self.queries.values()):
             self.metrics.files_pending.labels(q.dataset).set(self.landing.pending_count(q.dataset))
             if q.query is not None and q.query.isActive:
-                self._record_progress(q)
                 continue
             if q.query is not None:
                 self._query_failed(q, now)
@@ -152,12 +189,6 @@ class Daemon:
         self.metrics.query_up.labels(q.dataset).set(0)
         self.metrics.query_restarts.labels(q.dataset).inc()
         log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset, _first_line(error), backoff)
-
-    def _record_progress(self, q: _Query) -> None:
-        progress = q.query.lastProgress
-        if progress:
-            self.metrics.input_rows_per_second.labels(q.dataset).set(progress.get("inputRowsPerSecond") or 0)
-            self.metrics.processed_rows_per_second.labels(q.dataset).set(progress.get("processedRowsPerSecond") or 0)
 
     def _start(self, q: _Query) -> None:
         dataset = q.dataset
@@ -264,10 +295,18 @@ def _local_path(uri: str) -> str:
     return uri
 
 
+_PY_ERROR = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Rejected|Requested)): (.+)$")
+
+
 def _first_line(error: object) -> str:
+    """One readable line from an error that may carry a Java and a Python stack trace."""
     text = str(getattr(error, "desc", None) or error or "unknown error").strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "File ", "at ", "org.apache", "py4j")):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # foreachBatch failures embed the Python traceback: its last "SomeError: message" line is the cause.
+    causes = [m for m in map(_PY_ERROR.match, lines) if m and not m.group(1).startswith("Py4J")]
+    if causes:
+        return f"{causes[-1].group(1)}: {causes[-1].group(2)}"[:500]
+    for line in lines:
+        if not line.startswith(("Traceback", "File ", "at ", "org.apache", "py4j", "===")):
             return line[:500]
     return text[:500]

@@ -32,6 +32,13 @@ class Metrics:
                                            registry=r)
         self.processed_rows_per_second = Gauge("dataops_processed_rows_per_second", "Spark's reported processing rate",
                                                ["dataset"], registry=r)
+        self.spark_batch_duration = Gauge("dataops_spark_batch_duration_seconds",
+                                          "Spark's reported duration of the last micro-batch", ["dataset"], registry=r)
+        self.api_requests = Counter("dataops_api_requests_total", "HTTP requests to REST endpoints by status code",
+                                    ["endpoint", "code"], registry=r)
+        self.api_retries = Counter("dataops_api_retries_total", "Retried REST requests", ["endpoint"], registry=r)
+        self.postgres_up = Gauge("dataops_postgres_up", "1 when PostgreSQL answered the last readiness check",
+                                 registry=r)
 
     def record_load(self, dataset: str, result, seconds: float, loaded_files: int) -> None:
         self.rows_written.labels(dataset).inc(result.loaded)
@@ -41,3 +48,38 @@ class Metrics:
         self.batches.labels(dataset, "committed").inc()
         self.batch_duration.labels(dataset).observe(seconds)
         self.last_batch.labels(dataset).set_to_current_time()
+
+
+def progress_listener(metrics: "Metrics"):
+    """A StreamingQueryListener feeding Spark's own progress into ``metrics`` (runs on the driver)."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class _Listener(StreamingQueryListener):
+        def onQueryStarted(self, event) -> None:
+            pass
+
+        def onQueryProgress(self, event) -> None:
+            progress = event.progress
+            dataset = _dataset_of(progress.name)
+            if dataset is None:
+                return
+            metrics.input_rows_per_second.labels(dataset).set(progress.inputRowsPerSecond or 0.0)
+            metrics.processed_rows_per_second.labels(dataset).set(progress.processedRowsPerSecond or 0.0)
+            total_ms = (progress.durationMs or {}).get("triggerExecution")
+            if total_ms is not None:
+                metrics.spark_batch_duration.labels(dataset).set(total_ms / 1000.0)
+
+        def onQueryIdle(self, event) -> None:
+            pass
+
+        def onQueryTerminated(self, event) -> None:
+            pass
+
+    return _Listener()
+
+
+def _dataset_of(query_name: str | None) -> str | None:
+    if query_name and query_name.startswith("landing_"):
+        return query_name[len("landing_"):]
+    return None
+

@@ -47,5 +47,29 @@ def create_session(settings: Settings):
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     spark.sparkContext.setLogLevel(settings.logging.spark_level)
+    _quiet_query_failures(spark, settings.logging.spark_level)
     log.info("spark %s started (master %s)", spark.version, settings.spark.master)
     return spark
+
+
+# Loggers that print a whole stack trace when a micro-batch fails; the daemon reports each failure
+# itself in one line naming the dataset, so these only speak at DEBUG.
+_QUERY_FAILURE_LOGGERS = (
+    "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution",
+    "org.apache.spark.sql.execution.streaming.MicroBatchExecution",
+    "org.apache.spark.sql.execution.streaming.runtime.StreamExecution",
+    "org.apache.spark.storage.BlockManager",
+    "org.apache.spark.broadcast.TorrentBroadcast",
+)
+
+
+def _quiet_query_failures(spark, spark_level: str) -> None:
+    if spark_level in ("ALL", "DEBUG"):
+        return
+    try:
+        jvm = spark.sparkContext._jvm
+        level = jvm.org.apache.logging.log4j.Level.OFF
+        for name in _QUERY_FAILURE_LOGGERS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+    except Exception as exc:  # logging configuration is a nicety, never a reason not to start
+        log.debug("could not quiet Spark's query-failure logging: %s", exc)

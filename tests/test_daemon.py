@@ -71,6 +71,49 @@ def test_files_land_archive_and_reject(db, make_settings, run_daemon):
     assert registry.get_sample_value("dataops_query_up", {"dataset": "customers"}) == 1
 
 
+def get(url: str) -> tuple[int, dict | str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+            code = response.status
+    except urllib.error.HTTPError as err:
+        body, code = err.read().decode(), err.code
+    return code, json.loads(body) if body.startswith("{") else body
+
+
+def test_health_readiness_metrics_and_query_restart(db, make_settings, run_daemon):
+    settings = make_settings(metrics={"enabled": True, "port": 0})
+    (settings.landing.path / "orders").mkdir(parents=True)
+    daemon = run_daemon(settings)
+    poll(lambda: daemon.health is not None, 30, message="health server")
+    base = f"http://127.0.0.1:{daemon.health.port}"
+    assert get(base + "/healthz") == (200, {"status": "ok"})
+    code, body = poll(lambda: (r := get(base + "/readyz"))[0] == 200 and r, 60, message="ready")
+    assert body["queries"] == {"orders": "running"} and body["postgres"] == "ok"
+
+    drop(settings, "orders", "a.csv", "id,v\n1,x\n2,y\n3,y\n3,y\n4,NA\nbad\n")
+    poll(lambda: count(db, "orders") == 4, 60, message="rows loaded")
+    metrics = poll(lambda: (m := get(base + "/metrics")[1]) and 'dataops_rows_written_total{dataset="orders"} 4.0' in m
+                   and m, 10, message="metrics")
+    assert db.scalar("SELECT rows_loaded FROM {c}.loads") == 4
+    assert 'dataops_rows_quarantined_total{dataset="orders"} 1.0' in metrics
+    assert 'dataops_duplicates_removed_total{dataset="orders"} 1.0' in metrics
+    assert 'dataops_batches_total{dataset="orders",status="committed"} 1.0' in metrics
+    assert 'dataops_query_up{dataset="orders"} 1.0' in metrics
+
+    # Kill the query behind the daemon's back: readiness drops, the supervisor brings it back.
+    daemon.queries["orders"].query.stop()
+    poll(lambda: daemon.metrics.registry.get_sample_value("dataops_query_restarts_total", {"dataset": "orders"}),
+         30, message="restart counted")
+    poll(lambda: get(base + "/readyz")[0] == 200, 60, message="ready again")
+    drop(settings, "orders", "b.csv", "id,v\n5,z\n")
+    poll(lambda: count(db, "orders") == 5, 60, message="loads after restart")
+    assert daemon.metrics.registry.get_sample_value("dataops_query_up", {"dataset": "orders"}) == 1
+
+
 def test_a_failing_dataset_does_not_stop_the_others(db, make_settings, run_daemon):
     # "bad" cannot be created (partition column is not a date): its batches fail and retry.
     settings = make_settings(datasets={"bad": {"partition_by": "amount"}})
