@@ -134,8 +134,12 @@ def _run(task: FileTask) -> FileReport:
     except psycopg2.Error as exc:
         from connectors.postgres import is_transient
 
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg2.DataError):  # e.g. a character PostgreSQL cannot store
+            return FileReport(task.name, task.path, task.seq, "rejected", "load_failed",
+                              f"{task.name}: PostgreSQL refused the file's data: {detail}")
         return FileReport(task.name, task.path, task.seq, "error", "transient" if is_transient(exc) else "sink",
-                          f"{task.name}: staging failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+                          f"{task.name}: staging failed: {detail}")
     except OSError as exc:
         return FileReport(task.name, task.path, task.seq, "error", "io", f"{task.name}: cannot read: {exc.strerror or exc}")
     except Exception as exc:  # a bug: report it with its place, the batch fails and is retried
@@ -216,6 +220,10 @@ def detect_encoding(path: str, name: str, configured: str | None) -> str:
         try:
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
+                    nul = chunk.find(b"\x00")
+                    if nul >= 0:  # PostgreSQL text cannot hold NUL; no CSV carries one
+                        raise FileRejected("binary", f"{name}: binary content (NUL byte at offset {offset + nul}); "
+                                                     f"not a CSV file")
                     decoder.decode(chunk)
                     offset += len(chunk)
                 decoder.decode(b"", final=True)
@@ -504,7 +512,8 @@ class _ParsedFile:
             self.unknown = {i for i, c in enumerate(self.columns) if c not in table}
         self.typers = []
         for c in self.columns:
-            hint = task.hints.get(c)
+            # A column the table already has keeps the table's type; a hint shapes new columns.
+            hint = task.hints.get(c) if c not in table else None
             if hint:
                 typer = ColumnTyper(self.bools, fixed=hint, loose=True, formats=formats)
             elif c in table and task.policy == "evolve":

@@ -31,6 +31,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from streaming.batch import LandedFile
+from streaming.naming import normalize_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,9 @@ CLOSED_QUIET_SECONDS = 0.05
 # With inotify a writer's close is seen, so a file still open for writing is held back; a writer that
 # stalls this long with the file open is assumed gone.
 OPEN_WRITER_SECONDS = 60.0
+# An empty file may be a writer that has not written yet (created events alone do not tell): it is
+# rejected as empty only after staying empty this long.
+EMPTY_FILE_SECONDS = 30.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -77,6 +81,9 @@ class Landing:
         self._pending: dict[str, _Pending] = {}
         self._datasets: set[str] = set()
         self._lock = threading.Lock()
+        self._move_lock = threading.Lock()
+        self._tables: dict[str, str] = {}  # table name -> the dataset folder that feeds it
+        self._refused: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._observer = None
@@ -86,13 +93,19 @@ class Landing:
 
     # --- paths -------------------------------------------------------------------------------
     def inbox(self, dataset: str) -> Path:
-        return self.root / "_inbox" / dataset
+        # Named after the table: safe characters only (Spark reads the path as a glob pattern).
+        return self.root / "_inbox" / normalize_dataset_name(dataset)
 
     def processed(self, dataset: str) -> Path:
         return self.root / "_processed" / dataset
 
     def rejected(self, dataset: str) -> Path:
         return self.root / "_rejected" / dataset
+
+    def folder_of(self, table: str) -> str:
+        """The dataset folder that feeds ``table`` (the table name itself if none is known)."""
+        with self._lock:
+            return self._tables.get(table, table)
 
     def datasets(self) -> list[str]:
         with self._lock:
@@ -167,9 +180,8 @@ class Landing:
             with self._lock:
                 self._pending.pop(str(p), None)
             return
-        if not p.is_file():
+        if not p.is_file() or not self._dataset_seen(dataset):
             return
-        self._dataset_seen(dataset)
         now = time.monotonic()
         # A rename into the folder is atomic: the file is complete, like one whose writer closed it.
         state = {"scan": "quiet", "scan_event": "quiet", "write": "writing", "closed": "closed", "moved": "closed"}[what]
@@ -184,18 +196,35 @@ class Landing:
             elif what != "scan":
                 current.last_event = now
                 current.state = state
+                current.size, current.mtime = st.st_size, st.st_mtime
         self._wake.set()
 
-    def _dataset_seen(self, name: str) -> None:
+    def _dataset_seen(self, name: str) -> bool:
+        """Register a dataset folder; False if it cannot be a dataset (its files are left alone)."""
         with self._lock:
             if name in self._datasets:
-                return
+                return True
+            try:
+                table = normalize_dataset_name(name)
+            except ValueError as exc:
+                if name not in self._refused:
+                    self._refused.add(name)
+                    log.error("landing folder %r ignored: %s", name, exc)
+                return False
+            if table in self._tables:
+                if name not in self._refused:
+                    self._refused.add(name)
+                    log.error("landing folder %r ignored: table %s is already fed by folder %r",
+                              name, table, self._tables[table])
+                return False
+            self._tables[table] = name
             self._datasets.add(name)
         self.inbox(name).mkdir(parents=True, exist_ok=True)
         try:
             self.on_dataset(name)
         except Exception:  # a bad dataset must not stop the watcher
             log.exception("dataset %s: could not start", name)
+        return True
 
     # --- settling ----------------------------------------------------------------------------
     def _settle_loop(self) -> None:
@@ -216,7 +245,8 @@ class Landing:
         now = time.monotonic()
         wait = {"closed": CLOSED_QUIET_SECONDS, "quiet": self.settle, "writing": max(self.settle, OPEN_WRITER_SECONDS)}
         with self._lock:
-            candidates = [(path, p) for path, p in self._pending.items() if now - p.last_event >= wait[p.state]]
+            candidates = [(path, p) for path, p in self._pending.items()
+                          if now - p.last_event >= (wait[p.state] if p.size else max(wait[p.state], EMPTY_FILE_SECONDS))]
         moved = 0
         for path, pending in candidates:
             try:
@@ -263,6 +293,8 @@ class Landing:
             os.replace(path, target)
         except FileNotFoundError:
             return False
+        # Spark's file source orders files and ignores old ones by mtime: make it the arrival time.
+        os.utime(target)
         self.on_file_ready(dataset)
         return True
 
@@ -292,21 +324,22 @@ class Landing:
             }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             log.warning("dataset=%s file %s rejected (%s): %s", dataset, landed.name, reason, detail)
             if self.metrics is not None:
-                self.metrics.files_rejected.labels(dataset).inc()
+                self.metrics.files_rejected.labels(normalize_dataset_name(dataset)).inc()
         return target
 
     def _move(self, landed: LandedFile, folder: Path) -> Path | None:
         source = Path(landed.path)
-        if not source.exists():
-            return None
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / landed.name
-        n = 1
-        while target.exists():
-            stem, suffix = os.path.splitext(landed.name)
-            target = folder / f"{stem}.{n}{suffix}"
-            n += 1
-        os.replace(source, target)
+        with self._move_lock:  # the settle thread and batch threads both move files
+            if not source.exists():
+                return None
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / landed.name
+            n = 1
+            while target.exists():
+                stem, suffix = os.path.splitext(landed.name)
+                target = folder / f"{stem}.{n}{suffix}"
+                n += 1
+            os.replace(source, target)
         sidecar = source.parent / f"_{source.name}.name"
         if sidecar.exists():
             sidecar.unlink()

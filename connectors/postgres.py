@@ -17,7 +17,7 @@ from psycopg2 import sql
 
 from connectors.csvfile import RESCUED, FileReport
 from streaming.config import PG_TYPES
-from streaming.errors import SchemaError, SinkError, TransientSinkError
+from streaming.errors import BatchDataError, SchemaError, SinkError, TransientSinkError
 from streaming.naming import normalize_identifier
 from streaming.schema import SAFE_WIDENING, join, pg_format
 
@@ -49,6 +49,8 @@ def classify_error(exc: BaseException, what: str) -> Exception:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if is_transient(exc):
         return TransientSinkError(f"{what}: PostgreSQL unavailable ({detail}); will retry")
+    if isinstance(exc, (psycopg2.DataError, psycopg2.IntegrityError)):
+        return BatchDataError(f"{what}: PostgreSQL refused the data: {detail}")
     return SinkError(f"{what}: {detail}")
 
 
@@ -469,8 +471,11 @@ def _insert(cur, plan: MergePlan, target, source, columns: dict[str, str]) -> tu
     if plan.mode in ("append", "overwrite"):
         if plan.mode == "overwrite":
             cur.execute(sql.SQL("TRUNCATE {}").format(target))
-        cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT DISTINCT {n} FROM ({s}) src").format(
-            t=target, n=names, s=source))
+        # Append with a primary key keeps the first row per key; rows whose key exists are duplicates.
+        skip = sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(
+            sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))) if plan.primary_key else sql.SQL("")
+        cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT DISTINCT {n} FROM ({s}) src{k}").format(
+            t=target, n=names, s=source, k=skip))
         return cur.rowcount, cur.rowcount
     key = sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))
     # A key-only table still "updates" the key to itself, so every written row is counted.

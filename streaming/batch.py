@@ -17,7 +17,7 @@ from connectors import postgres
 from connectors.csvfile import FileReport, FileTask, plan_parts, run_file_task
 from streaming.errors import FileRejected
 from streaming.config import CsvOptions, DatasetConfig, Settings
-from streaming.errors import ShutdownRequested, SinkError, TransientSinkError
+from streaming.errors import BatchDataError, ShutdownRequested, SinkError, TransientSinkError
 from streaming.metrics import Metrics
 from streaming.naming import normalize_dataset_name
 
@@ -66,7 +66,8 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
     started = time.monotonic()
     settings = ctx.settings
     cfg = config or settings.dataset(dataset)
-    table = normalize_dataset_name(dataset)
+    # The catalog, metrics and logs know a dataset by its table name (the normalized folder name).
+    dataset = table = normalize_dataset_name(dataset)
     pg = settings.postgres
     conn = postgres.connect(ctx.dsn)
     try:
@@ -100,7 +101,16 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
         if failed:
             kind = TransientSinkError if all(r.reason == "transient" for r in failed) else SinkError
             raise kind(f"dataset {dataset}: batch {batch_id}: " + "; ".join(r.detail for r in failed))
-        result = postgres.merge(ctx.dsn, plan)
+        try:
+            result = postgres.merge(ctx.dsn, plan)
+        except BatchDataError as exc:
+            # Retrying cannot help: record the batch with its files rejected, so the dataset moves on.
+            log.error("%s; the batch's files are rejected", exc)
+            _drop_reports(ctx, plan.reports)
+            for r in plan.reports:
+                if r.status == "staged":
+                    r.status, r.reason, r.detail = "rejected", "load_failed", f"{r.name}: {exc}"
+            result = postgres.merge(ctx.dsn, plan)
     except BaseException:
         _drop_reports(ctx, plan.reports)
         ctx.metrics.batches.labels(dataset, "failed").inc()
@@ -155,6 +165,7 @@ def _run_tasks(ctx: LoadContext, planned: list[FileTask | FileReport], local: bo
     if local:
         return done + [run_file_task(t) for t in tasks]
     reports = _spark_job(ctx, tasks)
+    reports = _reject_whole_files(ctx, reports)
     bad = {r.seq for r in reports if r.bad_cut}
     if bad:
         # A cut was not a record boundary: parse those files again in one piece.
@@ -166,6 +177,22 @@ def _run_tasks(ctx: LoadContext, planned: list[FileTask | FileReport], local: bo
                  tasks[0].dataset, ", ".join(t.name for t in redo))
         reports = [r for r in reports if r.seq not in bad] + _spark_job(ctx, redo)
     return done + reports
+
+
+def _reject_whole_files(ctx: LoadContext, reports: list[FileReport]) -> list[FileReport]:
+    """A file is rejected whole: when one of its parts is rejected, its other parts are dropped too."""
+    rejected = {r.seq: r for r in reports if r.status == "rejected"}
+    if not rejected:
+        return reports
+    _drop_reports(ctx, [r for r in reports if r.seq in rejected])
+    for r in reports:
+        first = rejected[r.seq] if r.seq in rejected else None
+        if first is not None and r is not first and r.status == "rejected" and r.diff:
+            first.diff = first.diff or {}
+            for key, value in r.diff.items():  # e.g. changed types found in different parts
+                if isinstance(value, dict):
+                    first.diff.setdefault(key, {}).update(value)
+    return [r for r in reports if r.seq not in rejected] + list(rejected.values())
 
 
 def _spark_job(ctx: LoadContext, tasks: list[FileTask]) -> list[FileReport]:

@@ -24,6 +24,7 @@ from streaming.config import Settings
 from streaming.errors import ShutdownRequested, TransientSinkError
 from streaming.health import HealthServer
 from streaming.metrics import Metrics, progress_listener
+from streaming.naming import normalize_dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch 
 
 @dataclasses.dataclass
 class _Query:
-    dataset: str
+    dataset: str  # the landing folder's name
+    table: str  # the dataset's table name: its name in the catalog, metrics and logs
     query: object | None = None
     failures: int = 0
     restart_at: float = 0.0
@@ -86,8 +88,8 @@ class Daemon:
         self._listener = progress_listener(self.metrics)
         self.spark.streams.addListener(self._listener)
         self._install_signals()
-        self._finish_committed_files()
         self.landing.start()
+        self._finish_committed_files()
         self.running = True
         log.info("watching %s; %d dataset(s): %s", self.landing.root, len(self.landing.datasets()),
                  ", ".join(self.landing.datasets()) or "none yet")
@@ -152,7 +154,7 @@ class Daemon:
                     q.query.stop()
                 except Exception as exc:  # stopping a failed query can raise; nothing left to do
                     log.debug("dataset=%s: stop: %s", q.dataset, exc)
-            self.metrics.query_up.labels(q.dataset).set(0)
+            self.metrics.query_up.labels(q.table).set(0)
         if self.spark is not None and self._listener is not None:
             self.spark.streams.removeListener(self._listener)
         if self.spark is not None and self._owns_spark:
@@ -166,13 +168,13 @@ class Daemon:
         with self._lock:
             if dataset in self.queries:
                 return
-            self.queries[dataset] = _Query(dataset)
+            self.queries[dataset] = _Query(dataset, normalize_dataset_name(dataset))
         log.info("dataset=%s: new landing folder", dataset)
 
     def _supervise(self) -> None:
         now = time.monotonic()
         for q in list(self.queries.values()):
-            self.metrics.files_pending.labels(q.dataset).set(self.landing.pending_count(q.dataset))
+            self.metrics.files_pending.labels(q.table).set(self.landing.pending_count(q.dataset))
             if q.query is not None and q.query.isActive:
                 continue
             if q.query is not None:
@@ -186,8 +188,8 @@ class Daemon:
         q.failures += 1
         backoff = min(MAX_BACKOFF_SECONDS, 2 ** (q.failures - 1))
         q.restart_at = now + backoff
-        self.metrics.query_up.labels(q.dataset).set(0)
-        self.metrics.query_restarts.labels(q.dataset).inc()
+        self.metrics.query_up.labels(q.table).set(0)
+        self.metrics.query_restarts.labels(q.table).inc()
         log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset, _first_line(error), backoff)
 
     def _start(self, q: _Query) -> None:
@@ -195,7 +197,7 @@ class Daemon:
         inbox = self.landing.inbox(dataset)
         inbox.mkdir(parents=True, exist_ok=True)
         cfg = self.settings.dataset(dataset)
-        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / "landing" / dataset
+        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / "landing" / q.table
         ready = threading.Event()
         ref: dict[str, str] = {}
 
@@ -209,18 +211,20 @@ class Daemon:
                 paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
                 if paths:
                     files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
-                    self._load_with_retry(dataset, files, f"landing:{dataset}:{ref['id']}", batch_id)
+                    self._load_with_retry(dataset, files, f"landing:{q.table}:{ref['id']}", batch_id)
             finally:
                 q.batch_active = False
 
         # Overwrite loads one file per batch, so each file replaces the table in arrival order.
         max_files = 1 if cfg.mode == "overwrite" else self.settings.landing.max_files_per_batch
+        # maxFileAge: the landing watcher stamps arrival time on every file, and none may be skipped.
         stream = (self.spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
-                  .option("maxFilesPerTrigger", max_files).load(str(inbox)).select("path"))
+                  .option("maxFilesPerTrigger", max_files).option("maxFileAge", "36500d")
+                  .load(str(inbox)).select("path"))
         trigger = self.settings.spark.trigger_interval
         try:
-            self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", dataset)
-            q.query = (stream.writeStream.queryName(f"landing_{dataset}").foreachBatch(on_batch)
+            self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", q.table)
+            q.query = (stream.writeStream.queryName(f"landing_{q.table}").foreachBatch(on_batch)
                        .option("checkpointLocation", str(checkpoint))
                        .trigger(processingTime=f"{int(self.settings.spark.trigger_seconds * 1000)} milliseconds")
                        .start())
@@ -231,7 +235,7 @@ class Daemon:
             return
         ref["id"] = str(q.query.id)
         ready.set()
-        self.metrics.query_up.labels(dataset).set(1)
+        self.metrics.query_up.labels(q.table).set(1)
         log.info("dataset=%s: query started (trigger %s, checkpoint %s)", dataset, trigger, checkpoint)
 
     def _load_with_retry(self, dataset: str, files: list[LandedFile], stream: str, batch_id: int) -> None:
@@ -282,7 +286,7 @@ class Daemon:
                         row = cur.fetchone()
                         if row:
                             landed = LandedFile(str(f), Landing.original_name(str(f)))
-                            self._settle_files(ds_dir.name, [landed], [row[1]], row[0])
+                            self._settle_files(self.landing.folder_of(ds_dir.name), [landed], [row[1]], row[0])
         finally:
             conn.close()
 

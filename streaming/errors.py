@@ -37,6 +37,11 @@ class SinkError(DataOpsError):
     """Writing to PostgreSQL failed."""
 
 
+class BatchDataError(SinkError):
+    """PostgreSQL refused the batch's data (a value it cannot cast, a duplicate key): retrying cannot
+    help, so the batch's files are rejected with this reason instead of blocking the dataset."""
+
+
 class TransientSinkError(SinkError):
     """PostgreSQL is unreachable or asked us to retry; the batch is retried."""
 

@@ -27,14 +27,18 @@ SAFE_WIDENING = {
 }
 
 _DAY = (
-    r"\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    r"(?!0000)\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
 )
 _TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
-_ZONE = r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)"
+_ZONE = r"(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)"  # PostgreSQL accepts offsets up to 15:59
 _INT9 = r"[+-]?(?:0|[1-9]\d{0,8})"
 _INT18 = r"[+-]?(?:0|[1-9]\d{0,17})"
 _DECIMAL = r"[+-]?(?:(?:0|[1-9]\d*)\.\d*|\.\d+)"
-_FLOAT = r"[+-]?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)[eE][+-]?\d{1,2}"
+# A double holds any decimal of at most 15 significant digits exactly (as text round trip); longer
+# mantissas are numeric. The lookahead bounds digits plus point to 16 characters.
+_SHORT = r"(?=[\d.]{1,16}(?:[eE\n]|\Z))"
+_DECIMAL15 = rf"[+-]?{_SHORT}(?:(?:0|[1-9]\d*)\.\d*|\.\d+)"
+_FLOAT = rf"[+-]?{_SHORT}(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)[eE][+-]?\d{{1,2}}"
 
 # One pattern per type: what a single value of that type looks like (fast path, no calendar check
 # for 29 February, which goes to the slow path).
@@ -42,7 +46,7 @@ _VALUE = {
     "integer": _INT9,
     "bigint": _INT18,
     "numeric": rf"(?:{_INT18}|{_DECIMAL}|{_FLOAT})",
-    "double precision": rf"(?:{_INT9}|{_DECIMAL}|{_FLOAT})",
+    "double precision": rf"(?:{_INT9}|{_DECIMAL15}|{_FLOAT})",
     "date": _DAY,
     "timestamp": rf"{_DAY}(?:{_TIME})?",
     "timestamptz": rf"{_DAY}{_TIME}{_ZONE}",
@@ -52,7 +56,7 @@ _ONE = {t: re.compile(p) for t, p in _VALUE.items()}
 _INT_ANY = re.compile(r"[+-]?(?:0|[1-9]\d*)")
 _DEC_ANY = re.compile(_DECIMAL)
 _FLOAT_ANY = re.compile(r"[+-]?(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)[eE][+-]?\d+")
-_DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATE_SHAPE = re.compile(r"(?!0000)\d{4}-\d{2}-\d{2}")
 _TS_SHAPE = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d{1,6})?)?(" + _ZONE + ")?")
 
 INT32 = 2**31 - 1
@@ -90,11 +94,13 @@ def classify(value: str, bool_tokens: frozenset[str]) -> str:
     if _DEC_ANY.fullmatch(value):
         return "numeric"
     if _FLOAT_ANY.fullmatch(value):
-        try:
-            f = float(value)
-        except ValueError:
-            return TEXT
-        return "double precision" if f == 0.0 or 1e-300 < abs(f) < 1e300 else "numeric"
+        mantissa = re.split("[eE]", value)[0]
+        digits = sum(c.isdigit() for c in mantissa.lstrip("+-0."))
+        f = float(value)
+        zero = not any(c in "123456789" for c in mantissa)
+        if digits > 15 or (f == 0.0 and not zero) or not (zero or 1e-300 < abs(f) < 1e300):
+            return "numeric"  # more digits or range than a double holds exactly
+        return "double precision"
     if _DATE_SHAPE.fullmatch(value):
         return "date" if _valid_date(value) else TEXT
     match = _TS_SHAPE.fullmatch(value)
@@ -278,7 +284,8 @@ def _parse_with(value: str, fmt: str) -> str | None:
 
 
 # strptime directive -> PostgreSQL to_timestamp pattern, for formats a user may configure.
-PG_FORMAT = {"%Y": "YYYY", "%y": "YY", "%m": "MM", "%d": "DD", "%H": "HH24", "%I": "HH12", "%M": "MI",
+# %y is left out: Python and PostgreSQL disagree on the century of two-digit years.
+PG_FORMAT = {"%Y": "YYYY", "%m": "MM", "%d": "DD", "%H": "HH24", "%I": "HH12", "%M": "MI",
              "%S": "SS", "%f": "US", "%p": "AM", "%b": "Mon", "%B": "Month", "%j": "DDD", "%%": "%"}
 
 

@@ -55,6 +55,7 @@ def test_config_path_from_environment(tmp_path, monkeypatch):
     ("spark: {trigger_interval: soon}\n", "spark.trigger_interval"),
     ("metrics: {port: 99999}\n", "metrics.port"),
     ("datasets: {orders: {date_formats: ['%Q/%d']}}\n", "datasets.orders.date_formats"),
+    ("datasets: {orders: {date_formats: ['%d/%m/%y']}}\n", "datasets.orders.date_formats"),
     ("datasets: {orders: {on_schema_change: ignore}}\n", "datasets.orders.on_schema_change"),
     ("csv: {delimiter: ';;'}\n", "csv.delimiter"),
     ("csv: {encoding: klingon}\n", "csv.encoding"),

@@ -19,7 +19,8 @@ def make(tmp_path, found=None):
 
 
 def inbox_files(landing, dataset):
-    return sorted(p for p in landing.inbox(dataset).iterdir() if not p.name.startswith("_"))
+    inbox = landing.inbox(dataset)
+    return sorted(p for p in inbox.iterdir() if not p.name.startswith("_")) if inbox.is_dir() else []
 
 
 def test_a_file_being_written_is_not_admitted_until_complete(tmp_path):
@@ -90,5 +91,33 @@ def test_non_csv_files_are_rejected_on_arrival(tmp_path):
         sidecar = landing.rejected("docs") / "photo.jpg.error.json"
         poll(sidecar.exists, 5, message="rejection sidecar")
         assert json.loads(sidecar.read_text())["reason"] == "extension"
+    finally:
+        landing.stop()
+
+
+def test_admitted_files_carry_their_arrival_time(tmp_path):
+    landing, _ = make(tmp_path)
+    try:
+        (landing.root / "old").mkdir()
+        path = landing.root / "old" / "archive.csv"
+        path.write_text("a\n1\n")
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # 2001: Spark would skip it as too old
+        moved = poll(lambda: inbox_files(landing, "old"), 5, message="file admitted")
+        assert moved[0].stat().st_mtime > time.time() - 60
+    finally:
+        landing.stop()
+
+
+def test_an_empty_file_held_open_by_a_slow_writer_is_not_rejected(tmp_path):
+    landing, _ = make(tmp_path)
+    try:
+        (landing.root / "exports").mkdir()
+        path = landing.root / "exports" / "export.csv"
+        with open(path, "w") as f:
+            time.sleep(1.0)  # well past the settle time, still empty
+            assert not landing.rejected("exports").exists() or not any(landing.rejected("exports").iterdir())
+            f.write("id\n1\n")
+        moved = poll(lambda: inbox_files(landing, "exports"), 5, message="file admitted")
+        assert moved[0].read_text() == "id\n1\n"
     finally:
         landing.stop()

@@ -180,3 +180,47 @@ def test_a_stray_quote_keeps_a_file_in_one_part(tmp_path):
     data = clean.read_bytes()
     assert data[:start].count(b"\n") + 1 == first_line and first_line % 2 == 0  # a record starts there
     assert plan_parts(str(stray), "stray.csv", options, 2) is None
+
+
+def test_a_split_file_is_rejected_whole_when_one_part_does_not_match(db, make_settings, tmp_path, spark):
+    settings = make_settings(landing={"local_parse_bytes": 0, "split_bytes": 1 << 20},
+                             datasets={"strict": {"on_schema_change": "fail"}})
+    load(settings, "strict", write(tmp_path, "first.csv", "id,x\n1,1\n"))
+    rows = "".join(f"{n},{n % 1000},padding padding padding padding\n" for n in range(60000))
+    big = write(tmp_path, "big.csv", "id,x,note\n" + rows + "60000,5000000000,too big for integer\n")
+    assert load(settings, "strict", big).files[0]["status"] == "rejected"  # new column: header diff
+    big = write(tmp_path, "big2.csv", "id,x\n" + "".join(f"{n},{n % 1000}\n" for n in range(300000))
+                + "300000,5000000000\n")
+    result = load(settings, "strict", big, spark=spark)
+    assert result.files[0]["status"] == "rejected"
+    assert result.files[0]["diff"] == {"changed_types": {"x": {"table": "integer", "file": "bigint"}}}
+    assert result.loaded == 0 and db.scalar("SELECT count(*) FROM {s}.strict") == 1
+    assert db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'", (db.catalog,)) == 0
+
+
+def test_data_postgres_refuses_rejects_the_batch_instead_of_blocking_the_dataset(db, make_settings, tmp_path):
+    settings = make_settings()
+    load(settings, "checked", write(tmp_path, "a.csv", "id,qty\n1,5\n"))
+    db.query('ALTER TABLE "{s}".checked ADD CONSTRAINT qty_positive CHECK (qty > 0)')
+    refused = load(settings, "checked", write(tmp_path, "b.csv", "id,qty\n2,-1\n"))
+    assert refused.files[0]["status"] == "rejected" and refused.files[0]["reason"] == "load_failed"
+    assert "qty_positive" in refused.files[0]["detail"]
+    accepted = load(settings, "checked", write(tmp_path, "c.csv", "id,qty\n3,7\n"))
+    assert accepted.loaded == 1
+    assert db.query("SELECT id FROM {s}.checked ORDER BY id") == [(1,), (3,)]
+
+
+def test_append_with_a_primary_key_skips_existing_keys_as_duplicates(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"events": {"primary_key": ["id"]}})
+    load(settings, "events", write(tmp_path, "a.csv", "id,v\n1,a\n2,b\n"))
+    result = load(settings, "events", write(tmp_path, "b.csv", "id,v\n2,changed\n3,c\n"))
+    assert (result.loaded, result.duplicates) == (1, 1) and accounted(result)
+    assert db.query("SELECT id, v FROM {s}.events ORDER BY id") == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_a_nul_byte_anywhere_rejects_the_file(db, make_settings, tmp_path):
+    path = tmp_path / "late_nul.csv"
+    path.write_bytes(b"id,v\n" + b"1,ok\n" * 20000 + b"2,bad\x00byte\n")
+    result = load(make_settings(), "nul", path)
+    assert result.files[0]["status"] == "rejected" and result.files[0]["reason"] == "binary"
+    assert "offset" in result.files[0]["detail"]
