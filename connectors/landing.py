@@ -42,8 +42,8 @@ CLOSED_QUIET_SECONDS = 0.05
 # With inotify a writer's close is seen, so a file still open for writing is held back; a writer that
 # stalls this long with the file open is assumed gone.
 OPEN_WRITER_SECONDS = 60.0
-# An empty file may be a writer that has not written yet (created events alone do not tell): it is
-# rejected as empty only after staying empty this long.
+# An empty file may be a writer that has not written yet (created events alone do not tell): unless
+# its writer closed it, it is rejected as empty only after staying empty this long.
 EMPTY_FILE_SECONDS = 30.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -246,7 +246,8 @@ class Landing:
         wait = {"closed": CLOSED_QUIET_SECONDS, "quiet": self.settle, "writing": max(self.settle, OPEN_WRITER_SECONDS)}
         with self._lock:
             candidates = [(path, p) for path, p in self._pending.items()
-                          if now - p.last_event >= (wait[p.state] if p.size else max(wait[p.state], EMPTY_FILE_SECONDS))]
+                          if now - p.last_event >= (wait[p.state] if p.size or p.state == "closed"
+                                                    else max(wait[p.state], EMPTY_FILE_SECONDS))]
         moved = 0
         for path, pending in candidates:
             try:

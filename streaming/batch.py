@@ -10,6 +10,8 @@ import dataclasses
 import logging
 import os
 import threading
+
+import psycopg2
 import time
 import uuid
 
@@ -52,6 +54,18 @@ class LoadContext:
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
                config: DatasetConfig | None = None, source: str | None = None) -> postgres.MergeResult:
+    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _load)."""
+    try:
+        return _load(ctx, dataset, files, stream, batch_id, config, source)
+    except ShutdownRequested:
+        raise
+    except BaseException:
+        ctx.metrics.batches.labels(normalize_dataset_name(dataset), "failed").inc()
+        raise
+
+
+def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
+          config: DatasetConfig | None, source: str | None) -> postgres.MergeResult:
     """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
@@ -69,8 +83,9 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
     # The catalog, metrics and logs know a dataset by its table name (the normalized folder name).
     dataset = table = normalize_dataset_name(dataset)
     pg = settings.postgres
-    conn = postgres.connect(ctx.dsn)
+    conn = None
     try:
+        conn = postgres.connect(ctx.dsn)
         with conn, conn.cursor() as cur:
             previous = postgres.previous_load(cur, pg.catalog_schema, stream, batch_id)
             if previous is not None:
@@ -79,10 +94,11 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
                 ctx.metrics.batches.labels(dataset, "skipped_replay").inc()
                 return previous
             table_types = postgres.table_columns(cur, pg.schema_name, table)
-    except Exception as exc:
+    except psycopg2.Error as exc:
         raise postgres.classify_error(exc, f"dataset {dataset}: batch {batch_id}") from exc
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
     token = stage_token()
     options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
     template = FileTask(
@@ -113,7 +129,6 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
             result = postgres.merge(ctx.dsn, plan)
     except BaseException:
         _drop_reports(ctx, plan.reports)
-        ctx.metrics.batches.labels(dataset, "failed").inc()
         raise
     seconds = time.monotonic() - started
     rejected = [r for r in reports if r.status == "rejected"]

@@ -6,21 +6,29 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
-from streaming.config import Settings, load_settings
-from streaming.errors import DataOpsError
-
 log = logging.getLogger("dataops")
+
+# Set by SIGTERM/SIGINT that arrive before the daemon installs its own handlers (while Python, the
+# configuration or Spark are still loading): the daemon then stops as soon as it can, cleanly.
+EARLY_STOP = threading.Event()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "run":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: EARLY_STOP.set())
+    from streaming.config import load_settings
+    from streaming.errors import DataOpsError
+
     try:
         settings = load_settings(args.config)
         _setup_logging(settings)
@@ -71,7 +79,7 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def _setup_logging(settings: Settings) -> None:
+def _setup_logging(settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if settings.logging.format == "json":
         handler.setFormatter(_JsonFormatter())
@@ -84,7 +92,7 @@ def _setup_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _dsn(settings: Settings):
+def _dsn(settings):
     """The configured DSN, or a private embedded PostgreSQL's (started if needed)."""
     if settings.dsn:
         return settings.dsn, None
@@ -96,11 +104,11 @@ def _dsn(settings: Settings):
     return dsn, embedded
 
 
-def cmd_run(args, settings: Settings) -> int:
+def cmd_run(args, settings) -> int:
     from streaming.daemon import Daemon
 
     dsn, embedded = _dsn(settings)
-    daemon = Daemon(settings, dsn, grace_seconds=args.grace)
+    daemon = Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP)
     try:
         return daemon.run()
     finally:
@@ -108,7 +116,7 @@ def cmd_run(args, settings: Settings) -> int:
             embedded.stop()
 
 
-def cmd_ingest(args, settings: Settings) -> int:
+def cmd_ingest(args, settings) -> int:
     from connectors import postgres
     from streaming.batch import LandedFile, LoadContext, load_files
     from streaming.metrics import Metrics
@@ -160,7 +168,7 @@ def _progress(message: str) -> None:
     print(f"dataops: {message}", file=sys.stderr, flush=True)
 
 
-def cmd_catalog_list(args, settings: Settings) -> int:
+def cmd_catalog_list(args, settings) -> int:
     from streaming import catalog
 
     dsn, embedded = _dsn(settings)
@@ -177,7 +185,7 @@ def cmd_catalog_list(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_catalog_show(args, settings: Settings) -> int:
+def cmd_catalog_show(args, settings) -> int:
     from streaming import catalog
 
     dsn, embedded = _dsn(settings)

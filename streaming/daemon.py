@@ -48,12 +48,12 @@ class Daemon:
     """Runs until :meth:`request_stop` (SIGTERM / SIGINT); :meth:`run` returns the exit code."""
 
     def __init__(self, settings: Settings, dsn: str, metrics: Metrics | None = None, grace_seconds: float = 60.0,
-                 spark=None):
+                 spark=None, stop_event: threading.Event | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics)
         self.grace_seconds = grace_seconds
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
         self.queries: dict[str, _Query] = {}
         self._lock = threading.Lock()
         self.landing = Landing(settings.landing.path, settings.landing.settle_seconds,
@@ -73,6 +73,7 @@ class Daemon:
     def run(self) -> int:
         from streaming.session import create_session
 
+        self._install_signals()
         if self.settings.metrics.enabled and self.health is None:
             m = self.settings.metrics
             self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness).start()
@@ -87,7 +88,9 @@ class Daemon:
         self.ctx.spark = self.spark
         self._listener = progress_listener(self.metrics)
         self.spark.streams.addListener(self._listener)
-        self._install_signals()
+        if self.stop_event.is_set():  # asked to stop while Spark was starting
+            self._shutdown()
+            return 0
         self.landing.start()
         self._finish_committed_files()
         self.running = True

@@ -42,7 +42,8 @@ class EmbeddedPostgres:
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                       "--no-instructions")
         if self._status() != 0:
-            port = _free_port()
+            # Keep the port across restarts so DSNs handed out before stay valid.
+            port = int(self.port_file.read_text()) if self.port_file.exists() else _free_port()
             self.port_file.write_text(str(port))
             log_file = self.data.parent / "pg.log"
             log_file.touch()
@@ -52,10 +53,11 @@ class EmbeddedPostgres:
             self.started_here = True
         return self.dsn()
 
-    def stop(self) -> None:
-        if self.started_here:
+    def stop(self, force: bool = False) -> None:
+        """Stop the server if this object started it (or always, with ``force``)."""
+        if (self.started_here or force) and self._status() == 0:
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-            self.started_here = False
+        self.started_here = False
 
     def _status(self) -> int:
         return subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "status"), capture_output=True).returncode

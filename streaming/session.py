@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 
 from streaming.config import Settings
 
@@ -28,24 +26,25 @@ def create_session(settings: Settings):
     """Start (or reuse) the SparkSession described by ``settings.spark``.
 
     Spark's Python workers must run this interpreter (they import this package), so
-    ``PYSPARK_PYTHON`` is pinned to ``sys.executable`` unless the operator set it.
+    ``PYSPARK_PYTHON`` is pinned to ``sys.executable`` unless the operator set it. The JVM runs in a
+    session of its own: a signal sent to our whole process group (Ctrl-C, ``timeout``, a service
+    manager) reaches only us, and we stop Spark in order. The JVM still exits with us, as it watches
+    its stdin pipe.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.master(settings.spark.master).appName(settings.spark.app_name)
+    conf = SparkConf().setMaster(settings.spark.master).setAppName(settings.spark.app_name)
     for key, value in {**DEFAULT_CONF, **settings.spark.conf}.items():
-        builder = builder.config(key, value)
-    # The JVM keeps a SIGTERM disposition of "ignore" it inherits, so a signal sent to the whole
-    # process group (systemd, `timeout`, a terminal) reaches only us and we stop Spark in order.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN) if in_main else None
-    try:
-        spark = builder.getOrCreate()
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        conf.set(key, value)
+    with SparkContext._lock:
+        if SparkContext._gateway is None:
+            SparkContext._gateway = launch_gateway(conf, popen_kwargs={"start_new_session": True})
+            SparkContext._jvm = SparkContext._gateway.jvm
+    spark = SparkSession.builder.config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel(settings.logging.spark_level)
     _quiet_query_failures(spark, settings.logging.spark_level)
     log.info("spark %s started (master %s)", spark.version, settings.spark.master)

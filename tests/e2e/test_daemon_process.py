@@ -85,3 +85,54 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_sigterm_during_a_large_batch_commits_it_whole_or_not_at_all(db, tmp_path):
+    config = tmp_path / "dataops.yaml"
+    config.write_text(yaml.safe_dump({
+        "postgres": {"dsn": db.dsn, "schema": db.schema, "catalog_schema": db.catalog},
+        "landing": {"path": "landing", "settle_seconds": "200ms"},
+        "spark": {"master": "local[2]", "checkpoint_dir": "checkpoints"},
+        "metrics": {"port": (port := _free_port())},
+    }))
+    landing = tmp_path / "landing" / "orders"
+    log = tmp_path / "daemon.log"
+    n = 300_000
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200
+        except OSError:
+            return False
+
+    def count():
+        if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
+            return 0
+        return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
+
+    def staging_tables():
+        return db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'",
+                         (db.catalog,))
+
+    proc = start(config, log)
+    try:
+        drop(landing, "warm.csv", range(-10, 0))
+        poll(lambda: count() == 10, 120, interval=0.2, message="warm-up file")
+        drop(landing, "big.csv", range(0, n))
+        poll(staging_tables, 60, interval=0.02, message="the large batch in flight")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert count() in (10, 10 + n)  # the batch committed whole or not at all
+    proc = start(config, log)
+    try:
+        poll(lambda: count() == 10 + n, 180, interval=0.2, message="the large file after restart")
+        poll(healthy, 60, interval=0.1, message="healthz while starting")
+        proc.send_signal(signal.SIGTERM)  # possibly while Spark is still starting: still a clean exit
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 10 + n
