@@ -21,6 +21,6 @@ ENV PYSPARK_PYTHON=/usr/local/bin/python \
 VOLUME ["/data"]
 EXPOSE 9108
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/metrics', timeout=3)"
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=3)"
 ENTRYPOINT ["dataops"]
 CMD ["run"]
