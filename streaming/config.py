@@ -274,7 +274,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         )
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
     # Dataset entries inherit the top-level csv defaults for fields they do not set themselves.
-    for name, ds in loaded.datasets.items():
+    for ds in loaded.datasets.values():
         for field in CsvOptions.model_fields:
             if field not in ds.model_fields_set:
                 setattr(ds, field, getattr(loaded.csv, field))

@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg2
+
 from connectors import postgres
 from connectors.landing import Landing
 from streaming.batch import LandedFile, LoadContext, load_files
@@ -79,7 +81,8 @@ class Daemon:
             self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness).start()
             log.info("metrics and health on http://%s:%d (/metrics, /healthz, /readyz)", m.host, self.health.port)
         pg = self.settings.postgres
-        postgres.ensure_catalog(self.ctx.dsn, pg.catalog_schema, pg.schema_name)
+        if not self._wait_for_postgres():
+            return 0
         dropped = postgres.drop_stale_stages(self.ctx.dsn, pg.catalog_schema, STALE_STAGE_SECONDS)
         if dropped:
             log.info("dropped %d staging table(s) left by interrupted batches", dropped)
@@ -105,6 +108,21 @@ class Daemon:
 
     def request_stop(self) -> None:
         self.stop_event.set()
+
+    def _wait_for_postgres(self) -> bool:
+        """Create the catalog, waiting out a PostgreSQL that is not up yet; False if asked to stop."""
+        pg, delay = self.settings.postgres, 1.0
+        while True:
+            try:
+                postgres.ensure_catalog(self.ctx.dsn, pg.catalog_schema, pg.schema_name)
+                return True
+            except psycopg2.Error as exc:
+                if not postgres.is_transient(exc):
+                    raise postgres.classify_error(exc, "creating the catalog") from exc
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", _first_line(exc), delay)
+            if self.stop_event.wait(delay):
+                return False
+            delay = min(delay * 2, 30.0)
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers."""

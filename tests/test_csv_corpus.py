@@ -23,8 +23,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.conftest import CORPUS
