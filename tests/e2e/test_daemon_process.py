@@ -136,3 +136,47 @@ def test_sigterm_during_a_large_batch_commits_it_whole_or_not_at_all(db, tmp_pat
         if proc.poll() is None:
             proc.kill()
     assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 10 + n
+
+
+def test_a_crash_mid_batch_loses_nothing_and_loads_nothing_twice(db, tmp_path):
+    """SIGKILL (no chance to clean up) while a batch is in flight, then restart."""
+    config = tmp_path / "dataops.yaml"
+    config.write_text(yaml.safe_dump({
+        "postgres": {"dsn": db.dsn, "schema": db.schema, "catalog_schema": db.catalog},
+        "landing": {"path": "landing", "settle_seconds": "200ms"},
+        "spark": {"master": "local[2]", "checkpoint_dir": "checkpoints"},
+        "metrics": {"port": _free_port()},
+    }))
+    landing = tmp_path / "landing" / "orders"
+    log = tmp_path / "daemon.log"
+    n = 200_000
+
+    def count():
+        if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
+            return 0
+        return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
+
+    proc = start(config, log)
+    try:
+        drop(landing, "warm.csv", range(-10, 0))
+        poll(lambda: count() == 10, 120, interval=0.2, message="warm-up file")
+        drop(landing, "big.csv", range(0, n))
+        poll(lambda: db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'",
+                               (db.catalog,)), 60, interval=0.02, message="the batch in flight")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    drop(landing, "after.csv", range(n, n + 5))
+    proc = start(config, log)
+    try:
+        poll(lambda: count() == 15 + n, 180, interval=0.2, message="everything after the crash")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 15 + n
+    processed = sorted(p.name for p in (tmp_path / "landing" / "_processed" / "orders").iterdir())
+    assert processed == ["after.csv", "big.csv", "warm.csv"]
