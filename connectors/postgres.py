@@ -281,7 +281,7 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         "duplicates_removed = %s, files_rejected = %s, finished_at = clock_timestamp(), status = 'committed' "
         "WHERE load_id = %s").format(cat),
         (json.dumps(result.files), result.rows_in, loaded, result.quarantined, result.duplicates,
-         sum(1 for r in plan.reports if r.status == "rejected"), load_id))
+         sum(1 for f in result.files if f["status"] == "rejected"), load_id))
     drop_stage_tables(cur, plan.stage_schema, plan.reports)
     return result
 

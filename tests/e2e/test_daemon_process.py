@@ -28,7 +28,8 @@ def drop(folder: Path, name: str, ids: range) -> None:
     (folder / name).write_text("Order ID,Amount (USD),Note\n" + "".join(f"{i},{i}.50,\"n, {i}\"\n" for i in ids))
 
 
-def test_run_sigterm_restart_exactly_once(db, tmp_path):
+def write_config(db, tmp_path: Path) -> tuple[Path, int]:
+    """The daemon's config for this test's schemas; returns its path and the metrics port."""
     port = _free_port()
     config = tmp_path / "dataops.yaml"
     config.write_text(yaml.safe_dump({
@@ -37,20 +38,31 @@ def test_run_sigterm_restart_exactly_once(db, tmp_path):
         "spark": {"master": "local[2]", "checkpoint_dir": "checkpoints"},
         "metrics": {"port": port},
     }))
+    return config, port
+
+
+def loaded_rows(db) -> int:
+    if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
+        return 0
+    return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
+
+
+def staging_tables(db) -> int:
+    """Staging tables in the catalog schema: a batch is in flight."""
+    return db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'", (db.catalog,))
+
+
+def test_run_sigterm_restart_exactly_once(db, tmp_path):
+    config, port = write_config(db, tmp_path)
     landing = tmp_path / "landing" / "orders"
     log = tmp_path / "daemon.log"
-
-    def count():
-        if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
-            return 0
-        return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
 
     proc = start(config, log)
     try:
         drop(landing, "sales.csv", range(0, 100))
-        poll(lambda: count() == 100, 120, interval=0.2, message=f"first file loaded (log: {log})")
+        poll(lambda: loaded_rows(db) == 100, 120, interval=0.2, message=f"first file loaded (log: {log})")
         drop(landing, "more.csv", range(100, 150))
-        poll(lambda: count() == 150, 60, interval=0.2, message="second file loaded")
+        poll(lambda: loaded_rows(db) == 150, 60, interval=0.2, message="second file loaded")
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'dataops_rows_written_total{dataset="orders"} 150.0' in metrics
         proc.send_signal(signal.SIGTERM)
@@ -63,9 +75,9 @@ def test_run_sigterm_restart_exactly_once(db, tmp_path):
     drop(landing, "offline.csv", range(150, 175))
     proc = start(config, log)
     try:
-        poll(lambda: count() == 175, 120, interval=0.2, message="file dropped while down loaded")
+        poll(lambda: loaded_rows(db) == 175, 120, interval=0.2, message="file dropped while down loaded")
         drop(landing, "after.csv", range(175, 180))
-        poll(lambda: count() == 180, 60, interval=0.2, message="file after restart loaded")
+        poll(lambda: loaded_rows(db) == 180, 60, interval=0.2, message="file after restart loaded")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
@@ -88,13 +100,7 @@ def _free_port() -> int:
 
 
 def test_sigterm_during_a_large_batch_commits_it_whole_or_not_at_all(db, tmp_path):
-    config = tmp_path / "dataops.yaml"
-    config.write_text(yaml.safe_dump({
-        "postgres": {"dsn": db.dsn, "schema": db.schema, "catalog_schema": db.catalog},
-        "landing": {"path": "landing", "settle_seconds": "200ms"},
-        "spark": {"master": "local[2]", "checkpoint_dir": "checkpoints"},
-        "metrics": {"port": (port := _free_port())},
-    }))
+    config, port = write_config(db, tmp_path)
     landing = tmp_path / "landing" / "orders"
     log = tmp_path / "daemon.log"
     n = 300_000
@@ -105,30 +111,21 @@ def test_sigterm_during_a_large_batch_commits_it_whole_or_not_at_all(db, tmp_pat
         except OSError:
             return False
 
-    def count():
-        if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
-            return 0
-        return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
-
-    def staging_tables():
-        return db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'",
-                         (db.catalog,))
-
     proc = start(config, log)
     try:
         drop(landing, "warm.csv", range(-10, 0))
-        poll(lambda: count() == 10, 120, interval=0.2, message="warm-up file")
+        poll(lambda: loaded_rows(db) == 10, 120, interval=0.2, message="warm-up file")
         drop(landing, "big.csv", range(0, n))
-        poll(staging_tables, 60, interval=0.02, message="the large batch in flight")
+        poll(lambda: staging_tables(db), 60, interval=0.02, message="the large batch in flight")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert count() in (10, 10 + n)  # the batch committed whole or not at all
+    assert loaded_rows(db) in (10, 10 + n)  # the batch committed whole or not at all
     proc = start(config, log)
     try:
-        poll(lambda: count() == 10 + n, 180, interval=0.2, message="the large file after restart")
+        poll(lambda: loaded_rows(db) == 10 + n, 180, interval=0.2, message="the large file after restart")
         poll(healthy, 60, interval=0.1, message="healthz while starting")
         proc.send_signal(signal.SIGTERM)  # possibly while Spark is still starting: still a clean exit
         assert proc.wait(timeout=90) == 0
@@ -140,29 +137,17 @@ def test_sigterm_during_a_large_batch_commits_it_whole_or_not_at_all(db, tmp_pat
 
 def test_a_crash_mid_batch_loses_nothing_and_loads_nothing_twice(db, tmp_path):
     """SIGKILL (no chance to clean up) while a batch is in flight, then restart."""
-    config = tmp_path / "dataops.yaml"
-    config.write_text(yaml.safe_dump({
-        "postgres": {"dsn": db.dsn, "schema": db.schema, "catalog_schema": db.catalog},
-        "landing": {"path": "landing", "settle_seconds": "200ms"},
-        "spark": {"master": "local[2]", "checkpoint_dir": "checkpoints"},
-        "metrics": {"port": _free_port()},
-    }))
+    config, _ = write_config(db, tmp_path)
     landing = tmp_path / "landing" / "orders"
     log = tmp_path / "daemon.log"
     n = 200_000
 
-    def count():
-        if db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.orders",)) is None:
-            return 0
-        return db.scalar(f'SELECT count(*) FROM "{db.schema}".orders')
-
     proc = start(config, log)
     try:
         drop(landing, "warm.csv", range(-10, 0))
-        poll(lambda: count() == 10, 120, interval=0.2, message="warm-up file")
+        poll(lambda: loaded_rows(db) == 10, 120, interval=0.2, message="warm-up file")
         drop(landing, "big.csv", range(0, n))
-        poll(lambda: db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'",
-                               (db.catalog,)), 60, interval=0.02, message="the batch in flight")
+        poll(lambda: staging_tables(db), 60, interval=0.02, message="the batch in flight")
         proc.kill()
         proc.wait(timeout=30)
     finally:
@@ -171,7 +156,7 @@ def test_a_crash_mid_batch_loses_nothing_and_loads_nothing_twice(db, tmp_path):
     drop(landing, "after.csv", range(n, n + 5))
     proc = start(config, log)
     try:
-        poll(lambda: count() == 15 + n, 180, interval=0.2, message="everything after the crash")
+        poll(lambda: loaded_rows(db) == 15 + n, 180, interval=0.2, message="everything after the crash")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
