@@ -15,6 +15,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
+from connectors import stats
 from connectors.csvfile import RESCUED, FileReport
 from streaming.config import PG_TYPES
 from streaming.errors import BatchDataError, SchemaError, SinkError, TransientSinkError
@@ -141,7 +142,52 @@ CREATE TABLE IF NOT EXISTS {cat}.quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_dataset_load_idx ON {cat}.quarantine (dataset, load_id);
 CREATE INDEX IF NOT EXISTS loads_dataset_idx ON {cat}.loads (dataset, load_id);
+ALTER TABLE {cat}.columns
+    ADD COLUMN IF NOT EXISTS null_count bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS non_null_count bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS distinct_count bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS distinct_estimated boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS min_value text,
+    ADD COLUMN IF NOT EXISTS max_value text,
+    ADD COLUMN IF NOT EXISTS value_sum numeric,
+    ADD COLUMN IF NOT EXISTS top_values jsonb DEFAULT '{{}}',
+    ADD COLUMN IF NOT EXISTS sketch_drift bigint NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS stats_updated_at timestamptz;
+COMMENT ON COLUMN {cat}.columns.distinct_count IS
+    'Exact when distinct_estimated is false (low-cardinality columns keep exact value counts); otherwise a '
+    'HyperLogLog estimate (2^14 registers, about 0.8% standard error)';
+COMMENT ON COLUMN {cat}.columns.min_value IS 'Smallest value; for text columns the shortest length';
+COMMENT ON COLUMN {cat}.columns.max_value IS 'Largest value; for text columns the longest length';
+COMMENT ON COLUMN {cat}.columns.top_values IS 'value -> rows, while the column has at most 50 distinct values';
+CREATE TABLE IF NOT EXISTS {cat}.column_sketches (
+    dataset text NOT NULL,
+    column_name text NOT NULL,
+    idx integer NOT NULL,
+    rho smallint NOT NULL,
+    PRIMARY KEY (dataset, column_name, idx)
+);
+CREATE OR REPLACE VIEW {cat}.dataset_catalog AS
+    SELECT name AS dataset, source, table_schema || '.' || table_name AS table_name, mode, primary_key,
+           created_at, last_loaded_at, schema_version, row_count, quarantined_rows
+      FROM {cat}.datasets;
+CREATE OR REPLACE VIEW {cat}.column_catalog AS
+    SELECT dataset, name AS column_name, source_name, type, nullable, ordinal, null_count, non_null_count,
+           distinct_count, distinct_estimated,
+           CASE type WHEN 'text' THEN 'length' WHEN 'jsonb' THEN NULL ELSE 'value' END AS min_max_of,
+           min_value, max_value,
+           CASE WHEN non_null_count > 0 AND value_sum IS NOT NULL
+                THEN (value_sum / non_null_count)::double precision END AS mean,
+           top_values, stats_updated_at
+      FROM {cat}.columns;
+CREATE OR REPLACE VIEW {cat}.load_history AS
+    SELECT load_id, dataset, stream, batch_id, files, rows_in, rows_loaded, rows_quarantined, duplicates_removed,
+           files_rejected, started_at, finished_at, finished_at - started_at AS duration, status, error
+      FROM {cat}.loads;
+CREATE OR REPLACE VIEW {cat}.schema_history AS
+    SELECT dataset, version, changed_at, changes, cause, load_id FROM {cat}.schema_versions;
+COMMENT ON TABLE {cat}.datasets IS {version};
 """
+CATALOG_VERSION = "dataops catalog 2"
 
 
 def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
@@ -149,8 +195,14 @@ def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
     conn = connect(dsn)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('dataops.catalog'))")
-            cur.execute(sql.SQL(CATALOG_DDL).format(cat=sql.Identifier(catalog_schema)))
+            # The DDL takes exclusive locks on the catalog tables: skip it when the catalog is current,
+            # so that `dataops ingest` or a second start never queues behind running loads.
+            cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')",
+                        (sql.Identifier(catalog_schema, "datasets").as_string(cur),))
+            if cur.fetchone()[0] != CATALOG_VERSION:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('dataops.catalog'))")
+                cur.execute(sql.SQL(CATALOG_DDL).format(cat=sql.Identifier(catalog_schema),
+                                                        version=sql.Literal(CATALOG_VERSION)))
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table_schema)))
     finally:
         conn.close()
@@ -218,7 +270,8 @@ def merge(dsn: str, plan: MergePlan) -> MergeResult:
 def _merge(cur, plan: MergePlan) -> MergeResult:
     cat = sql.Identifier(plan.catalog_schema)
     # A batch merge is one large statement: hash aggregation in memory, no JIT compile per batch.
-    cur.execute("SET LOCAL work_mem = '256MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
+    cur.execute("SET LOCAL work_mem = '256MB'; SET LOCAL temp_buffers = '256MB'; SET LOCAL TimeZone = 'UTC'; "
+                "SET LOCAL jit = off")
     cur.execute(sql.SQL("INSERT INTO {}.loads (dataset, stream, batch_id, status) VALUES (%s, %s, %s, 'running') "
                         "ON CONFLICT (stream, batch_id) DO NOTHING RETURNING load_id").format(cat),
                 (plan.dataset, plan.stream, plan.batch_id))
@@ -234,9 +287,9 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     cur.execute(sql.SQL(
         "INSERT INTO {}.datasets (name, source, table_schema, table_name, mode, primary_key) "
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET mode = EXCLUDED.mode, "
-        "primary_key = EXCLUDED.primary_key RETURNING schema_version").format(cat),
+        "primary_key = EXCLUDED.primary_key, source = EXCLUDED.source RETURNING schema_version, row_count").format(cat),
         (plan.dataset, plan.source, plan.table_schema, plan.table, plan.mode, list(plan.primary_key)))
-    schema_version = cur.fetchone()[0]
+    schema_version, prior_rows = cur.fetchone()
     staged = [r for r in plan.reports if r.status == "staged"]
     result = MergeResult(load_id=load_id)
     existing = table_columns(cur, plan.table_schema, plan.table)
@@ -254,10 +307,13 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     staged_rows = sum(r.staged_rows for r in staged)
     loaded = inserted = 0
     if staged_rows:
-        source = _source_query(plan, staged, columns)
-        if plan.partition_by:
-            _ensure_partitions(cur, plan, target, source, columns)
-        loaded, inserted = _insert(cur, plan, target, source, columns)
+        loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows)
+        delta.widened = [c["column"] for c in changes if c["change"] == "widen"]
+        stats.apply(cur, cat, plan.dataset, target, columns, delta)
+    elif any(c["change"] == "add_column" for c in changes):
+        # New columns are null in every existing row.
+        stats.apply(cur, cat, plan.dataset, target, columns,
+                    stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows))
     for r in staged:
         if r.quarantined_rows:
             cur.execute(sql.SQL(
@@ -453,10 +509,15 @@ def _source_query(plan: MergePlan, staged: list[FileReport], columns: dict[str, 
         sql.SQL(", ").join(casts), sql.SQL(" UNION ALL ").join(parts))
 
 
-def _ensure_partitions(cur, plan: MergePlan, target, source, columns) -> None:
+def _null_row(columns: dict[str, str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL("NULL::{} AS {}").format(_type_sql(t), sql.Identifier(c))
+                              for c, t in columns.items())
+
+
+def _ensure_partitions(cur, plan: MergePlan, target, rows, columns) -> None:
     key = sql.Identifier(plan.partition_by)
-    cur.execute(sql.SQL("SELECT DISTINCT date_trunc('month', {k})::date FROM ({s}) src WHERE {k} IS NOT NULL").format(
-        k=key, s=source))
+    cur.execute(sql.SQL("SELECT DISTINCT date_trunc('month', {k})::date FROM {s} src WHERE {k} IS NOT NULL").format(
+        k=key, s=rows))
     for (month,) in cur.fetchall():
         name = normalize_identifier(f"{plan.table}_p{month:%Y%m}")
         cur.execute("SELECT to_regclass(%s)", (sql.Identifier(plan.table_schema, name).as_string(cur),))
@@ -466,36 +527,100 @@ def _ensure_partitions(cur, plan: MergePlan, target, source, columns) -> None:
                 sql.Identifier(plan.table_schema, name), target), (month, month))
 
 
-def _insert(cur, plan: MergePlan, target, source, columns: dict[str, str]) -> tuple[int, int]:
-    """Run the mode's set-based statement; return (rows written, rows newly inserted)."""
+BATCH = sql.Identifier("dataops_batch")
+REPLACED = sql.Identifier("dataops_replaced")
+
+
+def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int):
+    """Run the mode's set-based statements; return (rows written, rows newly inserted, stats delta).
+
+    The batch's typed, deduplicated rows are materialized once in a temporary table: the insert
+    reads it, and so do the catalog statistics (with, for upserts, the old versions of the rows
+    the batch replaces).
+    """
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
-    if plan.mode in ("append", "overwrite"):
-        if plan.mode == "overwrite":
-            cur.execute(sql.SQL("TRUNCATE {}").format(target))
-        # Append with a primary key keeps the first row per key; rows whose key exists are duplicates.
-        skip = sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(
-            sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))) if plan.primary_key else sql.SQL("")
-        cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT DISTINCT {n} FROM ({s}) src{k}").format(
-            t=target, n=names, s=source, k=skip))
-        return cur.rowcount, cur.rowcount
     key = sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))
-    # A key-only table still "updates" the key to itself, so every written row is counted.
-    others = [c for c in columns if c not in plan.primary_key] or list(plan.primary_key[:1])
-    action = sql.SQL("DO UPDATE SET {}").format(
-        sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in others))
-    upsert = sql.SQL("INSERT INTO {t} ({n}) SELECT DISTINCT ON ({k}) {n} FROM ({s}) src "
-                     "ORDER BY {k}, _seq DESC, _ord DESC ON CONFLICT ({k}) {a}").format(
-        t=target, n=names, s=source, k=key, a=action)
-    if not plan.partition_by:
-        # xmax = 0 marks a row this statement inserted rather than updated.
-        cur.execute(sql.SQL("WITH written AS ({} RETURNING (xmax = 0) AS inserted) "
-                            "SELECT count(*), count(*) FILTER (WHERE inserted) FROM written").format(upsert))
-        written, inserted = cur.fetchone()
-        return written, inserted
-    # Partitioned tables cannot return system columns: count the keys that already exist first.
-    matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = s.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
-    cur.execute(sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {k} FROM ({s}) src) s "
-                        "WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(k=key, s=source, t=target, m=matches))
-    existing = cur.fetchone()[0]
-    cur.execute(upsert)
-    return cur.rowcount, cur.rowcount - existing
+    if plan.primary_key:
+        # Upsert keeps the last occurrence of a key in file order, append and overwrite the first.
+        order = sql.SQL("_seq DESC, _ord DESC" if plan.mode == "upsert" else "_seq, _ord")
+        rows = sql.SQL("SELECT DISTINCT ON ({k}) {n} FROM ({s}) src ORDER BY {k}, {o}").format(
+            k=key, n=names, s=source, o=order)
+    else:
+        rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
+    cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS {}").format(BATCH, rows))
+    batch_rows = cur.rowcount
+    if batch_rows > 10_000:
+        cur.execute(sql.SQL("ANALYZE {}").format(BATCH))
+    if plan.partition_by:
+        _ensure_partitions(cur, plan, target, BATCH, columns)
+    removed = None
+    replaced = 0
+    matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = b.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+    if plan.mode == "overwrite":
+        cur.execute(sql.SQL("TRUNCATE {}").format(target))
+    elif plan.mode == "upsert":
+        cur.execute(sql.SQL("CREATE TEMPORARY TABLE {r} ON COMMIT DROP AS SELECT {tn} FROM {t} t "
+                            "WHERE EXISTS (SELECT 1 FROM {b} b WHERE {m})").format(
+            r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+            t=target, b=BATCH, m=matches))
+        replaced, removed = cur.rowcount, REPLACED
+    elif plan.primary_key:
+        # Append with a primary key keeps the rows already loaded; batch rows with their keys are duplicates.
+        cur.execute(sql.SQL("DELETE FROM {b} b WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(
+            b=BATCH, t=target, m=matches))
+        batch_rows -= cur.rowcount
+    conflict = sql.SQL("")
+    if plan.mode == "upsert":
+        # A key-only table still "updates" the key to itself, so every written row is counted.
+        others = [c for c in columns if c not in plan.primary_key] or list(plan.primary_key[:1])
+        conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(key, sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in others))
+    cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM {b}{c}").format(t=target, n=names, b=BATCH, c=conflict))
+    inserted = batch_rows - replaced
+    rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
+    delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
+                        key=tuple(plan.primary_key))
+    return batch_rows, inserted, delta
+
+
+def refresh_catalog(dsn: str, catalog_schema: str, dataset: str) -> dict:
+    """Recompute a dataset's row count, columns and every column statistic from its table.
+
+    For tables edited by hand; loads of the dataset wait on its catalog row meanwhile.
+    Returns ``{"dataset", "row_count", "columns"}``.
+
+    Raises:
+        SinkError: the dataset is not in the catalog or its table is gone.
+    """
+    cat = sql.Identifier(catalog_schema)
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL work_mem = '256MB'")
+            cur.execute(sql.SQL("SELECT table_schema, table_name, primary_key FROM {}.datasets WHERE name = %s "
+                                "FOR UPDATE").format(cat), (dataset,))
+            row = cur.fetchone()
+            if row is None:
+                raise SinkError(f"dataset {dataset}: not in the catalog")
+            schema, table, key = row
+            columns = table_columns(cur, schema, table)
+            if not columns:
+                raise SinkError(f"dataset {dataset}: table {schema}.{table} does not exist")
+            target = sql.Identifier(schema, table)
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(target))
+            rows = cur.fetchone()[0]
+            cur.execute(sql.SQL("DELETE FROM {}.columns WHERE dataset = %s AND NOT name = ANY(%s)").format(cat),
+                        (dataset, list(columns)))
+            for ordinal, (name, kind) in enumerate(columns.items(), start=1):
+                cur.execute(sql.SQL(
+                    "INSERT INTO {}.columns (dataset, name, source_name, type, nullable, ordinal) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dataset, name) DO UPDATE SET type = EXCLUDED.type, "
+                    "ordinal = EXCLUDED.ordinal").format(cat), (dataset, name, name, kind, name not in key, ordinal))
+            stats.apply(cur, cat, dataset, target, columns,
+                        stats.Delta(added=target, rows_after=rows, replaced_table=True))
+            cur.execute(sql.SQL("UPDATE {}.datasets SET row_count = %s WHERE name = %s").format(cat), (rows, dataset))
+            return {"dataset": dataset, "row_count": rows, "columns": len(columns)}
+    except psycopg2.Error as exc:
+        raise classify_error(exc, f"dataset {dataset}: refreshing the catalog") from exc
+    finally:
+        conn.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg2 import sql
 from psycopg2.extras import RealDictCursor
 
-from connectors import postgres
+from connectors import postgres, stats
 from streaming.config import Settings
 from streaming.naming import normalize_dataset_name
 
@@ -44,9 +44,10 @@ def show_dataset(dsn: str, settings: Settings, dataset: str) -> dict | None:
             doc = dict(row)
             doc["table"] = f"{doc['table_schema']}.{doc['table_name']}"
             cur.execute(sql.SQL(
-                "SELECT name, source_name, type, nullable, ordinal FROM {}.columns WHERE dataset = %s "
-                "ORDER BY ordinal").format(cat), (doc["dataset"],))
-            doc["columns"] = [dict(c) for c in cur.fetchall()]
+                "SELECT name, source_name, type, nullable, ordinal, null_count, non_null_count, distinct_count, "
+                "distinct_estimated, min_value, max_value, value_sum, top_values FROM {}.columns "
+                "WHERE dataset = %s ORDER BY ordinal").format(cat), (doc["dataset"],))
+            doc["columns"] = [_column_doc(dict(c)) for c in cur.fetchall()]
             cur.execute(sql.SQL(
                 "SELECT load_id, batch_id, rows_in, rows_loaded, rows_quarantined, duplicates_removed, "
                 "files_rejected, started_at, finished_at, status FROM {}.loads WHERE dataset = %s "
@@ -55,6 +56,25 @@ def show_dataset(dsn: str, settings: Settings, dataset: str) -> dict | None:
             return doc
     finally:
         conn.close()
+
+
+def _column_doc(row: dict) -> dict:
+    """A column's catalog entry as JSON: typed min/max, the mean, the most frequent values."""
+    kind = row["type"]
+    total = row.pop("value_sum")
+    values = row.pop("top_values")
+    row["min_max_of"] = stats.measures(kind)
+    row["min"] = stats.json_bound(row.pop("min_value"), kind)
+    row["max"] = stats.json_bound(row.pop("max_value"), kind)
+    row["mean"] = float(total / row["non_null_count"]) if total is not None and row["non_null_count"] else None
+    row["top_values"] = stats.top(values)
+    return row
+
+
+def refresh_dataset(dsn: str, settings: Settings, dataset: str) -> dict:
+    """Recompute a dataset's catalog entry from its table (``dataops catalog refresh``)."""
+    postgres.ensure_catalog(dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    return postgres.refresh_catalog(dsn, settings.postgres.catalog_schema, normalize_dataset_name(dataset))
 
 
 def _catalog_exists(cur, settings: Settings) -> bool:

@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("dataset")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_catalog_show)
+    refresh = catalog_sub.add_parser("refresh", parents=[config],
+                                     help="recompute a dataset's counts and column statistics from its table")
+    refresh.add_argument("dataset")
+    refresh.set_defaults(func=cmd_catalog_refresh)
     return parser
 
 
@@ -203,7 +207,28 @@ def cmd_catalog_show(args, settings) -> int:
         head = {k: v for k, v in doc.items() if k != "columns"}
         print("\n".join(f"{k:>18}: {v}" for k, v in head.items()))
         print()
-        print(catalog.format_table(doc["columns"], ["name", "source_name", "type", "nullable"]))
+        columns = [{**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c["top_values"] or [])[:60],
+                    "distinct_count": f"~{c['distinct_count']}" if c["distinct_estimated"] else c["distinct_count"],
+                    "min": "" if c["min"] is None else f"{c['min']}{' chars' if c['min_max_of'] == 'length' else ''}",
+                    "max": "" if c["max"] is None else f"{c['max']}{' chars' if c['min_max_of'] == 'length' else ''}",
+                    "mean": "" if c["mean"] is None else f"{c['mean']:.6g}"}
+                   for c in doc["columns"]]
+        print(catalog.format_table(columns, ["name", "source_name", "type", "nullable", "null_count",
+                                             "distinct_count", "min", "max", "mean", "top_values"]))
+        print("\n(~ marks a HyperLogLog estimate; min/max of text columns are lengths)")
+    return 0
+
+
+def cmd_catalog_refresh(args, settings) -> int:
+    from streaming import catalog
+
+    dsn, embedded = _dsn(settings)
+    try:
+        summary = catalog.refresh_dataset(dsn, settings, args.dataset)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    print(json.dumps(summary))
     return 0
 
 

@@ -1,0 +1,385 @@
+"""Column statistics of the catalog, kept exact batch by batch inside the merge transaction.
+
+Each committed batch changes a table by a set of *added* rows and, for upserts, a set of *removed*
+rows (the old versions of the rows it replaced). Both sets sit in temporary tables of the merge
+transaction, so every statistic is updated from them at a cost proportional to the batch:
+
+* row, null and non-null counts, sums (for means) and value counts of low-cardinality columns are
+  added and subtracted exactly;
+* min and max only move outwards from added rows; when a removed row held the minimum or maximum
+  and no added row reaches it, that one bound is recomputed from the table;
+* distinct counts of high-cardinality columns come from a HyperLogLog sketch per column, kept as
+  registers in ``column_sketches`` and merged with ``GREATEST``. A sketch cannot forget values, so
+  the values an upsert overwrites are counted as *drift*; when drift passes
+  :data:`MAX_DRIFT` of the estimate, the column's sketch is rebuilt from the table.
+
+All of it runs on the merge's cursor and commits with the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+
+from psycopg2 import sql
+
+HLL_P = 14
+HLL_M = 1 << HLL_P
+HLL_Q = 64 - HLL_P
+TOP_VALUES_LIMIT = 50  # columns with at most this many distinct values keep exact value counts
+TOP_VALUES_SHOWN = 10
+MAX_DRIFT = 0.005  # overwritten distinct values tolerated in a sketch, as a share of its estimate
+
+NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
+TEMPORAL = ("date", "timestamp", "timestamptz")
+
+
+@dataclasses.dataclass
+class ColumnStats:
+    """One column's catalog statistics, as stored in ``columns`` (null count = rows - non-null)."""
+
+    non_null_count: int = 0
+    min_value: str | None = None
+    max_value: str | None = None
+    value_sum: Decimal | None = None
+    top_values: dict | None = dataclasses.field(default_factory=dict)  # None = too many distinct values
+    drift: int = 0
+
+
+@dataclasses.dataclass
+class Delta:
+    """What a batch did to a table, as relations the merge transaction can read."""
+
+    added: sql.Composable  # rows now in the table that were not before
+    rows_after: int  # rows in the table after the batch
+    removed: sql.Composable | None = None  # old versions of the rows the batch replaced (upsert)
+    replaced_table: bool = False  # overwrite or refresh: the added rows are the whole table
+    key: Sequence[str] = ()  # primary key, pairing removed rows with their new versions
+    widened: Sequence[str] = ()  # columns whose type changed: their sketches are rebuilt
+
+
+def measures(kind: str) -> str:
+    """What ``min``/``max`` describe for a column type: ``value``, ``length`` (text) or ``none``."""
+    return {"text": "length", "jsonb": "none"}.get(kind, "value")
+
+
+def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, columns: dict[str, str],
+          delta: Delta) -> None:
+    """Update every column statistic of ``dataset`` for one committed batch (same transaction)."""
+    old = {} if delta.replaced_table else _load(cur, cat, dataset)
+    added = _aggregate(cur, delta.added, columns)
+    removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
+    drift = _drift(cur, delta, columns) if delta.removed is not None else {}
+    if delta.replaced_table:
+        cur.execute(sql.SQL("DELETE FROM {}.column_sketches WHERE dataset = %s").format(cat), (dataset,))
+    _add_to_sketches(cur, cat, dataset, delta.added, columns)
+    stats: dict[str, ColumnStats] = {}
+    redo: dict[str, tuple[bool, bool]] = {}
+    for name, kind in columns.items():
+        before = old.get(name) or ColumnStats()
+        stats[name], redo[name] = _combine(before, kind, added[name], removed.get(name))
+        stats[name].drift = before.drift + drift.get(name, 0)
+    _recompute_bounds(cur, target, columns, stats, {n: r for n, r in redo.items() if any(r)})
+    estimates = estimate(cur, cat, dataset)
+    rebuild = {n for n in delta.widened if n in columns}
+    rebuild |= {n for n, s in stats.items() if s.top_values is None and s.drift > max(1.0, MAX_DRIFT * estimates.get(n, 0))}
+    if rebuild:
+        rebuild_sketches(cur, cat, dataset, target, {n: columns[n] for n in columns if n in rebuild})
+        for name in rebuild:
+            stats[name].drift = 0
+        estimates = estimate(cur, cat, dataset)
+    _count_values(cur, delta, columns, stats, estimates)
+    _store(cur, cat, dataset, delta.rows_after, stats, estimates)
+
+
+def _load(cur, cat: sql.Identifier, dataset: str) -> dict[str, ColumnStats]:
+    cur.execute(sql.SQL(
+        "SELECT name, non_null_count, min_value, max_value, value_sum, top_values, sketch_drift "
+        "FROM {}.columns WHERE dataset = %s").format(cat), (dataset,))
+    return {r[0]: ColumnStats(*r[1:]) for r in cur.fetchall()}
+
+
+def _bound(column: str, kind: str) -> sql.Composable | None:
+    """What min and max are taken of: the value, the length of text, booleans as 0/1."""
+    ident = sql.Identifier(column)
+    if kind in NUMERIC or kind in TEMPORAL:
+        return ident
+    if kind == "text":
+        return sql.SQL("length({})").format(ident)
+    if kind == "boolean":
+        return sql.SQL("{}::int").format(ident)
+    return None
+
+
+def _bound_kind(kind: str) -> str:
+    """The type min/max compare in: the column's own, or integer for text lengths and booleans."""
+    return kind if (kind in NUMERIC or kind in TEMPORAL) else "integer"
+
+
+def _aggregate(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, tuple]:
+    """Per column: (non-null count, min, max, sum) over ``relation``, in one scan."""
+    exprs = []
+    for name, kind in columns.items():
+        ident, bound = sql.Identifier(name), _bound(name, kind)
+        exprs.append(sql.SQL("count({})").format(ident))
+        if bound is None:
+            exprs += [sql.SQL("NULL"), sql.SQL("NULL")]
+        else:
+            exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
+        exprs.append(sql.SQL("sum({}::numeric)").format(ident) if kind in NUMERIC else sql.SQL("NULL"))
+    cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(exprs), relation))
+    row = cur.fetchone()
+    return {name: tuple(row[4 * i: 4 * i + 4]) for i, name in enumerate(columns)}
+
+
+def _to_text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _parse(text: str | None, kind: str):
+    if text is None:
+        return None
+    if kind == "date":
+        return dt.date.fromisoformat(text)
+    if kind in ("timestamp", "timestamptz"):
+        return _comparable(dt.datetime.fromisoformat(text), kind)
+    if kind in NUMERIC:
+        return Decimal(text)
+    return int(text)
+
+
+def _comparable(value, kind: str):
+    """Bring an aggregate and a value read back from the catalog to one Python type."""
+    if value is None:
+        return None
+    if kind in NUMERIC:
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+    if kind in ("timestamp", "timestamptz"):
+        if not isinstance(value, dt.datetime):
+            value = dt.datetime.combine(value, dt.time())
+        if kind == "timestamp":
+            return value.replace(tzinfo=None)
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if kind == "date" and isinstance(value, dt.datetime):
+        return value.date()
+    return int(value) if isinstance(value, bool) else value
+
+
+def _combine(before: ColumnStats, kind: str, added: tuple, removed: tuple | None):
+    """New stats from the old ones and the added and removed rows' aggregates.
+
+    Returns the stats and whether the min / max must be recomputed from the table: a removed row
+    held the bound and no added row reaches it.
+    """
+    a_count, a_min, a_max, a_sum = added
+    r_count, r_min, r_max, r_sum = removed or (0, None, None, None)
+    bk = _bound_kind(kind)
+    new = ColumnStats(non_null_count=before.non_null_count + a_count - r_count, top_values=before.top_values)
+    if kind in NUMERIC and new.non_null_count:
+        new.value_sum = (before.value_sum or Decimal(0)) + (a_sum or Decimal(0)) - (r_sum or Decimal(0))
+    if measures(kind) == "none" or not new.non_null_count:
+        return new, (False, False)
+    try:
+        lo, hi = _parse(before.min_value, bk), _parse(before.max_value, bk)
+        a_min, a_max = _comparable(a_min, bk), _comparable(a_max, bk)
+        r_min, r_max = _comparable(r_min, bk), _comparable(r_max, bk)
+        redo_min = bool(r_count and lo is not None and r_min is not None and r_min <= lo
+                        and (a_min is None or a_min > lo))
+        redo_max = bool(r_count and hi is not None and r_max is not None and r_max >= hi
+                        and (a_max is None or a_max < hi))
+        lo = a_min if lo is None else (lo if a_min is None else min(lo, a_min))
+        hi = a_max if hi is None else (hi if a_max is None else max(hi, a_max))
+    except (TypeError, ValueError, InvalidOperation):  # NaN and friends: ask the table
+        return new, (True, True)
+    new.min_value, new.max_value = _to_text(lo), _to_text(hi)
+    return new, (redo_min, redo_max)
+
+
+def _recompute_bounds(cur, target, columns: dict[str, str], stats: dict[str, ColumnStats],
+                      which: dict[str, tuple[bool, bool]]) -> None:
+    """Min and max of a few columns straight from the table (after a removed row held them)."""
+    if not which:
+        return
+    exprs = []
+    for name in which:
+        bound = _bound(name, columns[name])
+        exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
+    cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(exprs), target))
+    row = cur.fetchone()
+    for i, name in enumerate(which):
+        stats[name].min_value, stats[name].max_value = _to_text(row[2 * i]), _to_text(row[2 * i + 1])
+
+
+def _drift(cur, delta: Delta, columns: dict[str, str]) -> dict[str, int]:
+    """Per column, how many replaced rows held a non-null value their new version no longer has."""
+    names = [n for n in columns if n not in delta.key]
+    if not names or not delta.key:
+        return {}
+    exprs = [sql.SQL("count(*) FILTER (WHERE r.{c} IS NOT NULL AND r.{c} IS DISTINCT FROM a.{c})").format(
+        c=sql.Identifier(n)) for n in names]
+    cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
+        sql.SQL(", ").join(exprs), delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
+    return dict(zip(names, cur.fetchone()))
+
+
+def _hash(column: str, kind: str) -> sql.Composable:
+    """A 64-bit hash, equal for values SQL holds equal (``1`` and ``1.0``, before and after widening)."""
+    ident = sql.Identifier(column)
+    if kind in NUMERIC:
+        return sql.SQL("hash_numeric_extended({}::numeric, 0)").format(ident)
+    return sql.SQL("hashtextextended({}::text, 0)").format(ident)
+
+
+def _add_to_sketches(cur, cat, dataset: str, relation: sql.Composable, columns: dict[str, str]) -> None:
+    """Merge ``relation``'s values into each column's HyperLogLog registers.
+
+    The low ``HLL_P`` bits of the hash pick the register; the rank is one more than the number of
+    trailing zeros of the remaining ``HLL_Q`` bits (``w & -w`` isolates the lowest set bit).
+    """
+    if not columns:
+        return
+    values = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(n), _hash(n, k)) for n, k in columns.items())
+    cur.execute(sql.SQL(
+        "INSERT INTO {cat}.column_sketches (dataset, column_name, idx, rho) "
+        "SELECT %s, x._k, x._idx, "
+        "       max(CASE WHEN x._w = 0 THEN {q1} ELSE round(ln((x._w & -x._w)::float8) / ln(2))::int + 1 END) "
+        "FROM (SELECT v._k, (v._h & {mask})::int AS _idx, (v._h >> {p}) & {wmask} AS _w "
+        "      FROM {rel} rel CROSS JOIN LATERAL (VALUES {values}) v(_k, _h) WHERE v._h IS NOT NULL) x "
+        "GROUP BY x._k, x._idx "
+        "ON CONFLICT (dataset, column_name, idx) DO UPDATE SET rho = EXCLUDED.rho "
+        "WHERE column_sketches.rho < EXCLUDED.rho").format(
+        cat=cat, rel=relation, values=values, q1=sql.Literal(HLL_Q + 1), mask=sql.Literal(HLL_M - 1),
+        p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1)), (dataset,))
+
+
+def rebuild_sketches(cur, cat, dataset: str, relation: sql.Composable, columns: dict[str, str]) -> None:
+    cur.execute(sql.SQL("DELETE FROM {}.column_sketches WHERE dataset = %s AND column_name = ANY(%s)").format(cat),
+                (dataset, list(columns)))
+    _add_to_sketches(cur, cat, dataset, relation, columns)
+
+
+def estimate(cur, cat, dataset: str) -> dict[str, float]:
+    """Each column's distinct-count estimate from its registers."""
+    cur.execute(sql.SQL("SELECT column_name, rho, count(*) FROM {}.column_sketches WHERE dataset = %s "
+                        "GROUP BY 1, 2").format(cat), (dataset,))
+    histograms: dict[str, dict[int, int]] = {}
+    for name, rho, count in cur.fetchall():
+        histograms.setdefault(name, {})[rho] = count
+    return {name: hll_estimate(h) for name, h in histograms.items()}
+
+
+def hll_estimate(histogram: dict[int, int]) -> float:
+    """Cardinality from a register histogram (rank -> registers), by Ertl's improved estimator.
+
+    It is unbiased from a handful of values to billions without empirical correction tables
+    (O. Ertl, "New cardinality estimation algorithms for HyperLogLog sketches", 2017).
+    """
+    counts = [0] * (HLL_Q + 2)
+    for rank, n in histogram.items():
+        counts[rank] += n
+    counts[0] = HLL_M - sum(counts[1:])
+    if counts[0] == HLL_M:
+        return 0.0
+    z = HLL_M * _tau(1 - counts[HLL_Q + 1] / HLL_M)
+    for k in range(HLL_Q, 0, -1):
+        z = 0.5 * (z + counts[k])
+    z += HLL_M * _sigma(counts[0] / HLL_M)
+    return HLL_M * HLL_M / (2 * math.log(2)) / z
+
+
+def _sigma(x: float) -> float:
+    if x == 1.0:
+        return math.inf
+    y, z = 1.0, x
+    while True:
+        x *= x
+        previous, z = z, z + x * y
+        y += y
+        if z == previous:
+            return z
+
+
+def _tau(x: float) -> float:
+    if x in (0.0, 1.0):
+        return 0.0
+    y, z = 1.0, 1 - x
+    while True:
+        x = math.sqrt(x)
+        previous = z
+        y *= 0.5
+        z -= (1 - x) ** 2 * y
+        if z == previous:
+            return z / 3
+
+
+def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, ColumnStats],
+                  estimates: dict[str, float]) -> None:
+    """Exact value counts of low-cardinality columns; a column past the limit stops being tracked."""
+    tracked = []
+    for name, s in stats.items():
+        if s.top_values is not None and estimates.get(name, 0) > TOP_VALUES_LIMIT * 1.1:
+            s.top_values = None
+        elif s.top_values is not None:
+            tracked.append(name)
+    if not tracked:
+        return
+    for relation, sign in ((delta.added, 1), (delta.removed, -1)):
+        if relation is None:
+            continue
+        values = sql.SQL(", ").join(sql.SQL("({}, {}::text)").format(sql.Literal(n), sql.Identifier(n))
+                                    for n in tracked)
+        cur.execute(sql.SQL("SELECT x._k, x._v, count(*) FROM {} rel CROSS JOIN LATERAL (VALUES {}) x(_k, _v) "
+                            "WHERE x._v IS NOT NULL GROUP BY x._k, x._v").format(relation, values))
+        for name, value, count in cur.fetchall():
+            counts = stats[name].top_values
+            counts[value] = counts.get(value, 0) + sign * count
+    for name in tracked:
+        counts = {v: n for v, n in stats[name].top_values.items() if n > 0}
+        stats[name].top_values = counts if len(counts) <= TOP_VALUES_LIMIT else None
+
+
+def _store(cur, cat, dataset: str, rows: int, stats: dict[str, ColumnStats], estimates: dict[str, float]) -> None:
+    from psycopg2.extras import execute_values
+
+    data = []
+    for name, s in stats.items():
+        exact = s.top_values is not None
+        distinct = len(s.top_values) if exact else min(round(estimates.get(name, 0.0)), s.non_null_count)
+        data.append((name, rows - s.non_null_count, s.non_null_count, distinct, not exact, s.min_value,
+                     s.max_value, s.value_sum, json.dumps(s.top_values) if exact else None, s.drift))
+    execute_values(cur, sql.SQL(
+        "UPDATE {cat}.columns c SET null_count = d.nulls, non_null_count = d.non_null, distinct_count = d.n_distinct, "
+        "distinct_estimated = d.estimated, min_value = d.lo, max_value = d.hi, value_sum = d.total, "
+        "top_values = d.top::jsonb, sketch_drift = d.drift, stats_updated_at = now() "
+        "FROM (VALUES %s) d(name, nulls, non_null, n_distinct, estimated, lo, hi, total, top, drift) "
+        "WHERE c.dataset = {ds} AND c.name = d.name").format(cat=cat, ds=sql.Literal(dataset)).as_string(cur),
+        data, template="(%s, %s::bigint, %s::bigint, %s::bigint, %s::boolean, %s, %s, %s::numeric, %s, %s::bigint)")
+
+
+def top(values: dict | None, limit: int = TOP_VALUES_SHOWN) -> list[dict] | None:
+    """The most frequent values of a tracked column, most frequent first."""
+    if values is None:
+        return None
+    ranked = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [{"value": v, "count": n} for v, n in ranked]
+
+
+def json_bound(text: str | None, kind: str):
+    """A stored min/max as a JSON value: numbers as numbers, dates as ISO strings."""
+    if text is None:
+        return None
+    if kind == "boolean":
+        return text == "1"
+    if kind in TEMPORAL:
+        return text
+    value = Decimal(text)
+    return int(value) if value == value.to_integral_value() and kind != "double precision" and kind != "real" \
+        else float(value)

@@ -1,0 +1,199 @@
+"""The catalog's column statistics, kept incrementally, checked against SQL over the table itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+from decimal import Decimal
+
+import pytest
+
+from streaming import catalog, cli
+from tests.helpers import load
+
+COLUMNS = ["id", "status", "amount", "ratio", "day", "note", "flag"]
+
+
+def truth(db, table: str) -> dict:
+    """Every statistic the catalog keeps, computed by SQL over the whole table."""
+    types = db.columns(table)
+    out = {"row_count": db.scalar(f'SELECT count(*) FROM {{s}}."{table}"'), "columns": {}}
+    for name, kind in types.items():
+        bound = f'length("{name}")' if kind == "text" else (f'"{name}"::int' if kind == "boolean" else f'"{name}"')
+        nulls, distinct, lo, hi = db.query(
+            f'SELECT count(*) - count("{name}"), count(DISTINCT "{name}"), min({bound}), max({bound}) '
+            f'FROM {{s}}."{table}"')[0]
+        mean = db.scalar(f'SELECT avg("{name}")::float8 FROM {{s}}."{table}"') if kind in (
+            "integer", "bigint", "numeric", "double precision", "smallint", "real") else None
+        top = db.query(f'SELECT "{name}"::text, count(*) FROM {{s}}."{table}" WHERE "{name}" IS NOT NULL '
+                       f'GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10')
+        out["columns"][name] = {"null_count": nulls, "distinct": distinct, "min": lo, "max": hi, "mean": mean,
+                                "top": [list(t) for t in top]}
+    return out
+
+
+def assert_catalog_true(db, settings, dataset: str) -> dict:
+    doc = catalog.show_dataset(settings.dsn, settings, dataset)
+    expected = truth(db, dataset)
+    assert doc["row_count"] == expected["row_count"]
+    for column in doc["columns"]:
+        want = expected["columns"][column["name"]]
+        where = f"{dataset}.{column['name']}"
+        assert column["null_count"] == want["null_count"], where
+        assert column["non_null_count"] == expected["row_count"] - want["null_count"], where
+        if column["distinct_estimated"]:
+            assert abs(column["distinct_count"] - want["distinct"]) <= 0.02 * want["distinct"], where
+        else:
+            assert column["distinct_count"] == want["distinct"], where
+        low, high = column["min"], column["max"]
+        if isinstance(want["min"], (dt.date, dt.datetime)):
+            low, high = dt.date.fromisoformat(low), dt.date.fromisoformat(high)
+        if isinstance(want["min"], Decimal):
+            want = {**want, "min": float(want["min"]), "max": float(want["max"])}
+        assert (low, high) == (want["min"], want["max"]), where
+        if want["mean"] is None:
+            assert column["mean"] is None, where
+        else:
+            assert column["mean"] == pytest.approx(want["mean"], rel=1e-9), where
+        if column["top_values"] is not None:
+            assert [[t["value"], t["count"]] for t in column["top_values"]] == want["top"], where
+    return doc
+
+
+def random_file(rng: random.Random, path, rows: int, id_range: int) -> None:
+    """A CSV with a low-cardinality column, nullable numbers, dates, text and booleans."""
+    lines = [",".join(COLUMNS)]
+    for _ in range(rows):
+        maybe = lambda value: "" if rng.random() < 0.15 else value  # noqa: E731 - a null sometimes
+        lines.append(",".join([
+            str(rng.randrange(id_range)),
+            maybe(rng.choice(["new", "paid", "shipped", "returned", "lost"])),
+            maybe(f"{rng.randrange(-5000, 100000) / 100:.2f}"),
+            maybe(repr(rng.random())),
+            maybe((dt.date(2020, 1, 1) + dt.timedelta(days=rng.randrange(2000))).isoformat()),
+            maybe("x" * rng.randrange(0, 40) + str(rng.randrange(10**6))),
+            maybe(rng.choice(["true", "false"])),
+        ]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_appends_upserts_and_overwrites_keep_every_stat_exact(db, make_settings, tmp_path, seed):
+    rng = random.Random(seed)
+    for step in range(10):
+        mode = rng.choice(["append", "upsert", "upsert", "overwrite"] if step else ["append"])
+        settings = make_settings(datasets={"orders": {"mode": mode, "primary_key": ["id"]}})
+        path = tmp_path / f"step{step}.csv"
+        random_file(rng, path, rows=rng.randrange(50, 1500), id_range=3000)
+        result = load(settings, "orders", path, batch_id=step)
+        assert result.rows_in == result.loaded + result.quarantined + result.duplicates
+        before = assert_catalog_true(db, settings, "orders")
+    # The refresh command recomputes everything from the table: it agrees with the incremental path.
+    catalog.refresh_dataset(settings.dsn, settings, "orders")
+    after = assert_catalog_true(db, settings, "orders")
+    for old, new in zip(before["columns"], after["columns"]):
+        assert {k: v for k, v in old.items() if k != "distinct_count"} == \
+            {k: v for k, v in new.items() if k != "distinct_count"}
+
+
+def test_upsert_nulling_values_keeps_distinct_counts_true(db, make_settings, tmp_path):
+    """Values an upsert overwrites leave the sketch; drift past its bound rebuilds the column's sketch."""
+    settings = make_settings(datasets={"users": {"mode": "upsert", "primary_key": ["id"]}})
+    first = tmp_path / "1.csv"
+    first.write_text("id,email\n" + "".join(f"{i},user{i}@example.com\n" for i in range(4000)))
+    load(settings, "users", first, batch_id=0)
+    for step in range(1, 4):
+        path = tmp_path / f"{step}.csv"
+        # Three hundred addresses give way to one shared address: the distinct count drops by 299.
+        path.write_text("id,email\n" + "".join(f"{i},team@example.com\n" for i in range(step * 300, step * 300 + 300)))
+        load(settings, "users", path, batch_id=step)
+        doc = assert_catalog_true(db, settings, "users")
+        email = next(c for c in doc["columns"] if c["name"] == "email")
+        assert email["distinct_estimated"] and email["null_count"] == 0
+
+
+def test_schema_changes_keep_stats_true(db, make_settings, tmp_path):
+    settings = make_settings()
+    a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
+    a.write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(200)))
+    b.write_text("id,v,extra\n" + "".join(f"{i},{i}.5,e{i % 3}\n" for i in range(200, 260)))  # widen + new column
+    c.write_text("id,v,extra\n")  # header only
+    load(settings, "evolving", a, batch_id=0)
+    load(settings, "evolving", b, batch_id=1)
+    load(settings, "evolving", c, batch_id=2)
+    doc = assert_catalog_true(db, settings, "evolving")
+    extra = next(col for col in doc["columns"] if col["name"] == "extra")
+    assert extra["null_count"] == 200 and extra["distinct_count"] == 3 and not extra["distinct_estimated"]
+    assert [t["count"] for t in extra["top_values"]] == [20, 20, 20]
+
+
+def test_two_datasets_loading_at_once_both_stay_exact(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"left": {"mode": "upsert", "primary_key": ["id"]},
+                                       "right": {"mode": "append"}})
+    rng = random.Random(7)
+    errors: list[BaseException] = []
+
+    def run(dataset: str, offset: int) -> None:
+        try:
+            for step in range(6):
+                path = tmp_path / f"{dataset}{step}.csv"
+                random_file(rng, path, rows=400, id_range=2000)
+                load(settings, dataset, path, batch_id=offset + step)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=("left", 0)), threading.Thread(target=run, args=("right", 100)),
+               threading.Thread(target=run, args=("left", 200))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert_catalog_true(db, settings, "left")
+    assert_catalog_true(db, settings, "right")
+    assert db.scalar("SELECT count(*) FROM {c}.loads WHERE status = 'committed'") == 18
+
+
+def test_cli_show_json_and_refresh_after_a_hand_edit(db, make_settings, tmp_path, capsys):
+    settings = make_settings()
+    path = tmp_path / "m.csv"
+    path.write_text("id,name,score\n1,ann,3.5\n2,bob,\n3,,7\n")
+    load(settings, "marks", path)
+    config = str(tmp_path / "dataops.yaml")
+    assert cli.main(["catalog", "show", "marks", "--json", "--config", config]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in ("dataset", "table", "row_count", "quarantined_rows", "schema_version"):
+        assert key in doc
+    score = next(c for c in doc["columns"] if c["name"] == "score")
+    assert {k: score[k] for k in ("name", "source_name", "type", "nullable", "null_count", "distinct_count",
+                                  "min", "max")} == {
+        "name": "score", "source_name": "score", "type": "numeric", "nullable": True, "null_count": 1,
+        "distinct_count": 2, "min": 3.5, "max": 7}
+    assert score["mean"] == pytest.approx(5.25)
+    name = next(c for c in doc["columns"] if c["name"] == "name")
+    assert (name["min"], name["max"], name["min_max_of"]) == (3, 3, "length")
+
+    db.query("UPDATE {s}.marks SET score = NULL; INSERT INTO {s}.marks (id, name) VALUES (4, 'dora')")
+    assert cli.main(["catalog", "refresh", "marks", "--config", config]) == 0
+    assert json.loads(capsys.readouterr().out)["row_count"] == 4
+    doc = assert_catalog_true(db, settings, "marks")
+    score = next(c for c in doc["columns"] if c["name"] == "score")
+    assert (score["null_count"], score["distinct_count"], score["min"], score["mean"]) == (4, 0, None, None)
+    assert cli.main(["catalog", "show", "marks", "--config", config]) == 0
+    assert "null_count" in capsys.readouterr().out
+    assert cli.main(["catalog", "refresh", "nope", "--config", config]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_catalog_views_are_queryable(db, make_settings, tmp_path):
+    settings = make_settings()
+    path = tmp_path / "v.csv"
+    path.write_text("k,n\na,1\nb,2\na,3\n")
+    load(settings, "viewed", path)
+    assert db.query("SELECT dataset, row_count FROM {c}.dataset_catalog") == [("viewed", 3)]
+    assert db.query("SELECT column_name, distinct_count, distinct_estimated, mean FROM {c}.column_catalog "
+                    "ORDER BY ordinal") == [("k", 2, False, None), ("n", 3, False, 2.0)]
+    assert db.scalar("SELECT rows_loaded FROM {c}.load_history") == 3
+    assert db.scalar("SELECT cause FROM {c}.schema_history") == "v.csv"
