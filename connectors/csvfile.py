@@ -117,18 +117,21 @@ class FileReport:
         return self.staged_rows + self.quarantined_rows
 
 
-def run_file_task(task: FileTask) -> FileReport:
-    """Stage one file. Never raises: bad input is a ``rejected`` report, a failure an ``error`` report."""
-    report = _run(task)
+def run_file_task(task: FileTask, stage=None) -> FileReport:
+    """Stage one file. Never raises: bad input is a ``rejected`` report, a failure an ``error`` report.
+
+    ``stage`` replaces the CSV parser for other sources (see ``connectors.rest.records``).
+    """
+    report = _run(task, stage)
     report.stage_table, report.quarantine_table = task.stage_table, task.quarantine_table
     return report
 
 
-def _run(task: FileTask) -> FileReport:
+def _run(task: FileTask, stage=None) -> FileReport:
     import psycopg2
 
     try:
-        return _stage_file(task)
+        return (stage or _stage_file)(task)
     except FileRejected as exc:
         return FileReport(task.name, task.path, task.seq, "rejected", exc.reason, exc.detail, diff=exc.diff)
     except psycopg2.Error as exc:
@@ -151,32 +154,9 @@ def _run(task: FileTask) -> FileReport:
 
 
 def _stage_file(task: FileTask) -> FileReport:
-    import psycopg2
-
     encoding = task.encoding or detect_encoding(task.path, task.name, task.options.get("encoding"))
     parsed = _ParsedFile(task, encoding)
-    conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
-    try:
-        with conn, conn.cursor() as cur:
-            from psycopg2 import sql
-
-            stage = sql.Identifier(task.stage_schema, task.stage_table)
-            quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
-            cols = sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(len(parsed.out_names)))
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
-            cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (_ord bigint, {})").format(
-                stage, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"c{i}"))
-                                          for i in range(len(parsed.out_names)))))
-            cur.execute(sql.SQL(
-                "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
-            ).format(quarantine))
-            cur.copy_expert(sql.SQL("COPY {} (_ord, {}) FROM STDIN").format(stage, cols).as_string(cur),
-                            _IterReader(parsed.copy_chunks()), size=1 << 16)
-            parsed.quarantine.seek(0)
-            cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
-    finally:
-        conn.close()
-        parsed.close()
+    copy_to_stage(task, parsed)
     mismatch = parsed.type_mismatch()
     if mismatch:
         return FileReport(task.name, task.path, task.seq, "rejected", "schema_mismatch",
@@ -192,6 +172,34 @@ def _stage_file(task: FileTask) -> FileReport:
         columns=parsed.report_columns(),
         staged_rows=parsed.staged, quarantined_rows=parsed.quarantined, bad_cut=parsed.bad_cut,
     )
+
+
+def copy_to_stage(task: FileTask, parsed: "_ParsedFile") -> None:
+    """Create the task's staging and quarantine tables and COPY the parsed rows into them."""
+    import psycopg2
+
+    conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            from psycopg2 import sql
+
+            stage = sql.Identifier(task.stage_schema, task.stage_table)
+            quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
+            names = [sql.Identifier(f"c{i}") for i in range(len(parsed.out_names))]
+            cols = sql.SQL(", ").join([sql.Identifier("_ord"), *names])
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
+            cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
+                stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} text").format(n) for n in names)])))
+            cur.execute(sql.SQL(
+                "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
+            ).format(quarantine))
+            cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols).as_string(cur),
+                            _IterReader(parsed.copy_chunks()), size=1 << 16)
+            parsed.quarantine.seek(0)
+            cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
+    finally:
+        conn.close()
+        parsed.close()
 
 
 def detect_encoding(path: str, name: str, configured: str | None) -> str:

@@ -159,13 +159,15 @@ COMMENT ON COLUMN {cat}.columns.distinct_count IS
 COMMENT ON COLUMN {cat}.columns.min_value IS 'Smallest value; for text columns the shortest length';
 COMMENT ON COLUMN {cat}.columns.max_value IS 'Largest value; for text columns the longest length';
 COMMENT ON COLUMN {cat}.columns.top_values IS 'value -> rows, while the column has at most 50 distinct values';
-CREATE TABLE IF NOT EXISTS {cat}.column_sketches (
+CREATE TABLE IF NOT EXISTS {cat}.column_hll (
     dataset text NOT NULL,
     column_name text NOT NULL,
-    idx integer NOT NULL,
-    rho smallint NOT NULL,
-    PRIMARY KEY (dataset, column_name, idx)
+    registers bytea NOT NULL,
+    PRIMARY KEY (dataset, column_name)
 );
+COMMENT ON TABLE {cat}.column_hll IS
+    'HyperLogLog sketch per column: 2^14 one-byte registers, each the highest rank (leading zeros + 1 of '
+    'the 50 hash bits left after the 14 that pick the register) of the values hashed into it';
 CREATE OR REPLACE VIEW {cat}.dataset_catalog AS
     SELECT name AS dataset, source, table_schema || '.' || table_name AS table_name, mode, primary_key,
            created_at, last_loaded_at, schema_version, row_count, quarantined_rows
@@ -228,6 +230,9 @@ class MergePlan:
     reports: list  # FileReport, staged and rejected
     stage_schema: str
     true_tokens: tuple = ()
+    # Rejected reports whose rows exist only in their staging tables (endpoint records, which have no
+    # file to keep in _rejected/): their rows go to quarantine with the rejection's reason.
+    quarantine_rejected: bool = False
 
 
 @dataclasses.dataclass
@@ -322,6 +327,10 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
                 cat, sql.Identifier(plan.stage_schema, r.quarantine_table)), (load_id, plan.dataset, r.name))
     result.rows_in = sum(r.rows_in for r in staged)
     result.quarantined = sum(r.quarantined_rows for r in staged)
+    if plan.quarantine_rejected:
+        moved = _quarantine_rejected(cur, plan, load_id)
+        result.rows_in += moved
+        result.quarantined += moved
     result.loaded, result.inserted = loaded, inserted
     result.duplicates = staged_rows - loaded
     result.files = _file_entries(plan.reports)
@@ -340,6 +349,30 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
          sum(1 for f in result.files if f["status"] == "rejected"), load_id))
     drop_stage_tables(cur, plan.stage_schema, plan.reports)
     return result
+
+
+def _quarantine_rejected(cur, plan: MergePlan, load_id: int) -> int:
+    """Move every row of the rejected reports' staging tables into quarantine; return how many."""
+    cat = sql.Identifier(plan.catalog_schema)
+    moved = 0
+    for r in plan.reports:
+        if r.status != "rejected" or not r.stage_table or not r.columns:
+            continue
+        record = sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+            sql.SQL("{}, {}").format(sql.Literal(c[0]), sql.Identifier(f"c{i}")) for i, c in enumerate(r.columns)))
+        cur.execute(sql.SQL(
+            "INSERT INTO {cat}.quarantine (load_id, dataset, file, line, reason, record) "
+            "SELECT %s, %s, %s, _ord, %s, {rec} FROM {stage} ORDER BY _ord").format(
+            cat=cat, rec=record, stage=sql.Identifier(plan.stage_schema, r.stage_table)),
+            (load_id, plan.dataset, r.name, r.detail))
+        moved += cur.rowcount
+        if r.quarantine_table:
+            cur.execute(sql.SQL(
+                "INSERT INTO {}.quarantine (load_id, dataset, file, line, column_name, raw_value, reason, record) "
+                "SELECT %s, %s, %s, line, column_name, raw_value, reason, record FROM {} ORDER BY line").format(
+                cat, sql.Identifier(plan.stage_schema, r.quarantine_table)), (load_id, plan.dataset, r.name))
+            moved += cur.rowcount
+    return moved
 
 
 def _file_entries(reports: Sequence[FileReport]) -> list[dict]:

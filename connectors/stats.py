@@ -9,7 +9,7 @@ transaction, so every statistic is updated from them at a cost proportional to t
 * min and max only move outwards from added rows; when a removed row held the minimum or maximum
   and no added row reaches it, that one bound is recomputed from the table;
 * distinct counts of high-cardinality columns come from a HyperLogLog sketch per column, kept as
-  registers in ``column_sketches`` and merged with ``GREATEST``. A sketch cannot forget values, so
+  registers in ``column_hll``, merged register by register with ``max``. A sketch cannot forget values, so
   the values an upsert overwrites are counted as *drift*; when drift passes
   :data:`MAX_DRIFT` of the estimate, the column's sketch is rebuilt from the table.
 
@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
@@ -74,9 +75,8 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     added = _aggregate(cur, delta.added, columns)
     removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
     drift = _drift(cur, delta, columns) if delta.removed is not None else {}
-    if delta.replaced_table:
-        cur.execute(sql.SQL("DELETE FROM {}.column_sketches WHERE dataset = %s").format(cat), (dataset,))
-    _add_to_sketches(cur, cat, dataset, delta.added, columns)
+    sketches = {} if delta.replaced_table else _load_sketches(cur, cat, dataset)
+    _add_to_sketches(cur, delta.added, columns, sketches)
     stats: dict[str, ColumnStats] = {}
     redo: dict[str, tuple[bool, bool]] = {}
     for name, kind in columns.items():
@@ -84,14 +84,16 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         stats[name], redo[name] = _combine(before, kind, added[name], removed.get(name))
         stats[name].drift = before.drift + drift.get(name, 0)
     _recompute_bounds(cur, target, columns, stats, {n: r for n, r in redo.items() if any(r)})
-    estimates = estimate(cur, cat, dataset)
+    estimates = {n: hll_estimate(sketches[n]) if n in sketches else 0.0 for n in columns}
     rebuild = {n for n in delta.widened if n in columns}
-    rebuild |= {n for n, s in stats.items() if s.top_values is None and s.drift > max(1.0, MAX_DRIFT * estimates.get(n, 0))}
+    rebuild |= {n for n, s in stats.items() if s.top_values is None and s.drift > max(1.0, MAX_DRIFT * estimates[n])}
     if rebuild:
-        rebuild_sketches(cur, cat, dataset, target, {n: columns[n] for n in columns if n in rebuild})
         for name in rebuild:
+            sketches.pop(name, None)
             stats[name].drift = 0
-        estimates = estimate(cur, cat, dataset)
+        _add_to_sketches(cur, target, {n: columns[n] for n in columns if n in rebuild}, sketches)
+        estimates.update({n: hll_estimate(sketches[n]) if n in sketches else 0.0 for n in rebuild})
+    _save_sketches(cur, cat, dataset, {n: r for n, r in sketches.items() if n in columns})
     _count_values(cur, delta, columns, stats, estimates)
     _store(cur, cat, dataset, delta.rows_after, stats, estimates)
 
@@ -231,61 +233,82 @@ def _drift(cur, delta: Delta, columns: dict[str, str]) -> dict[str, int]:
 
 
 def _hash(column: str, kind: str) -> sql.Composable:
-    """A 64-bit hash, equal for values SQL holds equal (``1`` and ``1.0``, before and after widening)."""
+    """A 64-bit hash, equal for values SQL holds equal (numeric ``1`` and ``1.0`` alike).
+
+    Each type hashes its own binary form (cheaper than text); a column whose type widens gets its
+    sketch rebuilt, so hashes never mix across types.
+    """
     ident = sql.Identifier(column)
+    if kind in ("smallint", "integer", "bigint"):
+        return sql.SQL("hashint8extended({}::bigint, 0)").format(ident)
     if kind in NUMERIC:
         return sql.SQL("hash_numeric_extended({}::numeric, 0)").format(ident)
-    return sql.SQL("hashtextextended({}::text, 0)").format(ident)
+    if kind in ("timestamp", "timestamptz"):
+        # timestamptz and timestamp share their representation (microseconds since 2000 UTC).
+        return sql.SQL("timestamp_hash_extended({}::timestamp, 0)").format(ident)
+    if kind == "date":
+        return sql.SQL("hashint4extended({} - date '2000-01-01', 0)").format(ident)
+    if kind == "boolean":
+        return sql.SQL("hashint4extended({}::int, 0)").format(ident)
+    if kind == "jsonb":
+        return sql.SQL("jsonb_hash_extended({}, 0)").format(ident)
+    return sql.SQL("hashtextextended({}, 0)").format(ident)
 
 
-def _add_to_sketches(cur, cat, dataset: str, relation: sql.Composable, columns: dict[str, str]) -> None:
-    """Merge ``relation``'s values into each column's HyperLogLog registers.
+def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], sketches: dict[str, bytearray]) -> None:
+    """Merge ``relation``'s values into each column's HyperLogLog registers (in ``sketches``).
 
-    The low ``HLL_P`` bits of the hash pick the register; the rank is one more than the number of
-    trailing zeros of the remaining ``HLL_Q`` bits (``w & -w`` isolates the lowest set bit).
+    The low ``HLL_P`` bits of a value's hash pick the register; its rank is one more than the number
+    of leading zeros in the remaining ``HLL_Q`` bits. The value with the highest rank in a register
+    is the one whose remaining bits are smallest, so PostgreSQL returns ``min`` of them per register:
+    integer work per value, one grouped scan per column (``UNION ALL`` runs about twice as fast as
+    unpivoting every column in one scan), at most 2^14 rows per column back to the driver.
     """
     if not columns:
         return
-    values = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(n), _hash(n, k)) for n, k in columns.items())
-    cur.execute(sql.SQL(
-        "INSERT INTO {cat}.column_sketches (dataset, column_name, idx, rho) "
-        "SELECT %s, x._k, x._idx, "
-        "       max(CASE WHEN x._w = 0 THEN {q1} ELSE round(ln((x._w & -x._w)::float8) / ln(2))::int + 1 END) "
-        "FROM (SELECT v._k, (v._h & {mask})::int AS _idx, (v._h >> {p}) & {wmask} AS _w "
-        "      FROM {rel} rel CROSS JOIN LATERAL (VALUES {values}) v(_k, _h) WHERE v._h IS NOT NULL) x "
-        "GROUP BY x._k, x._idx "
-        "ON CONFLICT (dataset, column_name, idx) DO UPDATE SET rho = EXCLUDED.rho "
-        "WHERE column_sketches.rho < EXCLUDED.rho").format(
-        cat=cat, rel=relation, values=values, q1=sql.Literal(HLL_Q + 1), mask=sql.Literal(HLL_M - 1),
-        p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1)), (dataset,))
+    scans = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {name}, (h & {mask})::int, min((h >> {p}) & {wmask}) "
+                "FROM (SELECT {hash} AS h FROM {rel} rel) s WHERE h IS NOT NULL GROUP BY 2").format(
+            name=sql.Literal(name), hash=_hash(name, kind), rel=relation, mask=sql.Literal(HLL_M - 1),
+            p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1))
+        for name, kind in columns.items())
+    cur.execute(scans)
+    for name in columns:
+        sketches.setdefault(name, bytearray(HLL_M))
+    top = HLL_Q + 1
+    for name, idx, rest in cur.fetchall():
+        rank = top - rest.bit_length()
+        registers = sketches[name]
+        if registers[idx] < rank:
+            registers[idx] = rank
 
 
-def rebuild_sketches(cur, cat, dataset: str, relation: sql.Composable, columns: dict[str, str]) -> None:
-    cur.execute(sql.SQL("DELETE FROM {}.column_sketches WHERE dataset = %s AND column_name = ANY(%s)").format(cat),
-                (dataset, list(columns)))
-    _add_to_sketches(cur, cat, dataset, relation, columns)
+def _load_sketches(cur, cat, dataset: str) -> dict[str, bytearray]:
+    cur.execute(sql.SQL("SELECT column_name, registers FROM {}.column_hll WHERE dataset = %s").format(cat), (dataset,))
+    return {name: bytearray(registers) for name, registers in cur.fetchall()}
 
 
-def estimate(cur, cat, dataset: str) -> dict[str, float]:
-    """Each column's distinct-count estimate from its registers."""
-    cur.execute(sql.SQL("SELECT column_name, rho, count(*) FROM {}.column_sketches WHERE dataset = %s "
-                        "GROUP BY 1, 2").format(cat), (dataset,))
-    histograms: dict[str, dict[int, int]] = {}
-    for name, rho, count in cur.fetchall():
-        histograms.setdefault(name, {})[rho] = count
-    return {name: hll_estimate(h) for name, h in histograms.items()}
+def _save_sketches(cur, cat, dataset: str, sketches: dict[str, bytearray]) -> None:
+    from psycopg2.extras import execute_values
+
+    cur.execute(sql.SQL("DELETE FROM {}.column_hll WHERE dataset = %s AND NOT column_name = ANY(%s)").format(cat),
+                (dataset, list(sketches)))
+    if sketches:
+        execute_values(cur, sql.SQL(
+            "INSERT INTO {}.column_hll (dataset, column_name, registers) VALUES %s "
+            "ON CONFLICT (dataset, column_name) DO UPDATE SET registers = EXCLUDED.registers").format(cat).as_string(cur),
+            [(dataset, name, bytes(registers)) for name, registers in sketches.items()])
 
 
-def hll_estimate(histogram: dict[int, int]) -> float:
-    """Cardinality from a register histogram (rank -> registers), by Ertl's improved estimator.
+def hll_estimate(registers: bytes) -> float:
+    """Cardinality from HyperLogLog registers, by Ertl's improved estimator.
 
     It is unbiased from a handful of values to billions without empirical correction tables
     (O. Ertl, "New cardinality estimation algorithms for HyperLogLog sketches", 2017).
     """
     counts = [0] * (HLL_Q + 2)
-    for rank, n in histogram.items():
+    for rank, n in Counter(registers).items():
         counts[rank] += n
-    counts[0] = HLL_M - sum(counts[1:])
     if counts[0] == HLL_M:
         return 0.0
     z = HLL_M * _tau(1 - counts[HLL_Q + 1] / HLL_M)

@@ -14,11 +14,14 @@ import threading
 import psycopg2
 import time
 import uuid
+from pathlib import Path
 
 from connectors import postgres
 from connectors.csvfile import FileReport, FileTask, plan_parts, run_file_task
+from connectors.rest.client import mask_url
+from connectors.rest.records import run_records_task
 from streaming.errors import FileRejected
-from streaming.config import CsvOptions, DatasetConfig, Settings
+from streaming.config import CsvOptions, DatasetConfig, EndpointConfig, Settings
 from streaming.errors import BatchDataError, ShutdownRequested, SinkError, TransientSinkError
 from streaming.metrics import Metrics
 from streaming.naming import normalize_dataset_name
@@ -66,7 +69,54 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
 
 def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
           config: DatasetConfig | None, source: str | None) -> postgres.MergeResult:
-    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once.
+    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit)."""
+    cfg = config or ctx.settings.dataset(dataset)
+    options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
+
+    def stage(template: FileTask, token: str) -> list[FileReport]:
+        local = ctx.spark is None or sum(f.size for f in files) <= ctx.settings.landing.local_parse_bytes
+        return _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
+
+    table = normalize_dataset_name(dataset)
+    folder = Path(ctx.settings.landing.path).resolve() / dataset
+    return _commit(ctx, table, cfg, options, stream, batch_id, source or f"landing folder {folder}", stage, len(files))
+
+
+def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, batch_id: int) -> postgres.MergeResult:
+    """Load one micro-batch of an endpoint (a DataFrame of ``record, seq``) exactly once.
+
+    Each Spark partition is staged by a task on an executor; only its small report comes back.
+    """
+    try:
+        options = {"null_tokens": list(endpoint.null_tokens), "true_tokens": endpoint.true_tokens,
+                   "false_tokens": endpoint.false_tokens, "date_formats": list(endpoint.date_formats),
+                   "flatten_depth": endpoint.flatten_depth}
+
+        def stage(template: FileTask, token: str) -> list[FileReport]:
+            template = dataclasses.replace(template, name=f"endpoint {endpoint.name} batch {batch_id}",
+                                           path=mask_url(endpoint.url))
+
+            def run(index: int, rows):
+                rows = [(r[0], r[1]) for r in rows]
+                if rows:
+                    stage_table, quarantine = postgres.stage_names(token, index)
+                    yield run_records_task(dataclasses.replace(
+                        template, seq=index, stage_table=stage_table, quarantine_table=quarantine), rows)
+
+            ctx.spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
+            return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
+
+        return _commit(ctx, endpoint.name, endpoint, options, stream, batch_id, mask_url(endpoint.url), stage, 0)
+    except ShutdownRequested:
+        raise
+    except BaseException:
+        ctx.metrics.batches.labels(endpoint.name, "failed").inc()
+        raise
+
+
+def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
+            stage, files: int) -> postgres.MergeResult:
+    """Stage a batch with ``stage(template, token)`` and merge it, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
 
@@ -76,13 +126,11 @@ def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, 
         SinkError: the batch cannot be committed (named dataset, file and reason).
     """
     if ctx.stopping.is_set():
-        raise ShutdownRequested(f"dataset {dataset}: batch {batch_id} not started, the daemon is stopping")
+        raise ShutdownRequested(f"dataset {table}: batch {batch_id} not started, the daemon is stopping")
     started = time.monotonic()
-    settings = ctx.settings
-    cfg = config or settings.dataset(dataset)
     # The catalog, metrics and logs know a dataset by its table name (the normalized folder name).
-    dataset = table = normalize_dataset_name(dataset)
-    pg = settings.postgres
+    dataset = table
+    pg = ctx.settings.postgres
     conn = None
     try:
         conn = postgres.connect(ctx.dsn)
@@ -99,19 +147,17 @@ def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, 
     finally:
         if conn is not None:
             conn.close()
-    token = stage_token()
-    options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
     template = FileTask(
         path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
         quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
         primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change)
-    local = ctx.spark is None or sum(f.size for f in files) <= settings.landing.local_parse_bytes
-    reports = _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
+    reports = stage(template, stage_token())
     plan = postgres.MergePlan(
-        dataset=dataset, source=source or f"landing:{dataset}", table_schema=pg.schema_name, table=table,
+        dataset=dataset, source=source, table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
-        batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens))
+        batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
+        quarantine_rejected=not files)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
@@ -121,8 +167,11 @@ def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, 
             result = postgres.merge(ctx.dsn, plan)
         except BatchDataError as exc:
             # Retrying cannot help: record the batch with its files rejected, so the dataset moves on.
-            log.error("%s; the batch's files are rejected", exc)
-            _drop_reports(ctx, plan.reports)
+            # Files keep their rows in _rejected/; endpoint records move from staging to quarantine.
+            plan.quarantine_rejected = not files
+            log.error("%s; the batch's %s", exc, "files are rejected" if files else "records go to quarantine")
+            if files:
+                _drop_reports(ctx, plan.reports)
             for r in plan.reports:
                 if r.status == "staged":
                     r.status, r.reason, r.detail = "rejected", "load_failed", f"{r.name}: {exc}"
@@ -133,9 +182,9 @@ def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, 
     seconds = time.monotonic() - started
     # Per file, not per part: a large file parsed in parts is one file here.
     rejected = sum(1 for f in result.files if f["status"] == "rejected")
-    ctx.metrics.record_load(dataset, result, seconds, len(result.files) - rejected)
+    ctx.metrics.record_load(dataset, result, seconds, len(result.files) - rejected if files else 0)
     log.info("dataset=%s batch=%s load=%s files=%d rows_in=%d loaded=%d quarantined=%d duplicates=%d "
-             "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, len(files), result.rows_in,
+             "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, files, result.rows_in,
              result.loaded, result.quarantined, result.duplicates, rejected, seconds)
     return result
 

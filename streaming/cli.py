@@ -92,7 +92,8 @@ def _setup_logging(settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.logging.level)
-    for noisy in ("py4j", "watchdog"):
+    # urllib3 logs request URLs at DEBUG, which would show an API key sent in a query string.
+    for noisy in ("py4j", "watchdog", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -112,7 +113,10 @@ def cmd_run(args, settings) -> int:
     from streaming.daemon import Daemon
 
     dsn, embedded = _dsn(settings)
-    daemon = Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP)
+    import os
+
+    config_path = args.config or os.environ.get("DATAOPS_CONFIG")
+    daemon = Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP, config_path=config_path)
     try:
         return daemon.run()
     finally:

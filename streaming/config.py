@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -153,7 +153,9 @@ class CsvOptions(_Section):
         return v
 
 
-class DatasetConfig(CsvOptions):
+class LoadOptions(_Section):
+    """How a dataset's rows land in its table; shared by landing-folder datasets and endpoints."""
+
     mode: Literal["append", "overwrite", "upsert"] = "append"
     primary_key: list[str] = Field(default_factory=list)
     indexes: list[list[str]] = Field(default_factory=list, description="each entry is a list of columns")
@@ -179,12 +181,148 @@ class DatasetConfig(CsvOptions):
         return None if v is None else _normalized_name(v, "partition_by")
 
     @model_validator(mode="after")
-    def _mode_needs_key(self) -> "DatasetConfig":
+    def _mode_needs_key(self) -> "LoadOptions":
         if self.mode == "upsert" and not self.primary_key:
             raise ValueError("mode upsert needs primary_key: [column, ...]")
         if self.partition_by and self.primary_key and self.partition_by not in self.primary_key:
             raise ValueError("partition_by must be part of primary_key (PostgreSQL requires it on partitioned tables)")
         return self
+
+
+class DatasetConfig(CsvOptions, LoadOptions):
+    """A landing-folder dataset: how its files are read and how they land."""
+
+
+class BearerAuth(_Section):
+    type: Literal["bearer"]
+    token_env: str = Field(description="environment variable holding the token")
+
+
+class BasicAuth(_Section):
+    type: Literal["basic"]
+    username_env: str
+    password_env: str
+
+
+class ApiKeyAuth(_Section):
+    type: Literal["api_key"]
+    name: str = Field(description="header or query parameter name")
+    in_: Literal["header", "query"] = Field("header", alias="in")
+    value_env: str
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class NoPagination(_Section):
+    type: Literal["none"] = "none"
+
+
+class LinkHeaderPagination(_Section):
+    type: Literal["link_header"]
+
+
+class PageNumberPagination(_Section):
+    type: Literal["page_number"]
+    param: str = "page"
+    start: int = 1
+    size_param: str | None = None
+    size: int | None = Field(None, ge=1)
+
+
+class OffsetPagination(_Section):
+    type: Literal["offset"]
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = Field(100, ge=1)
+
+
+class CursorPagination(_Section):
+    type: Literal["cursor"]
+    cursor_path: str = Field(description="dotted path to the next cursor in the response body")
+    param: str = "cursor"
+
+
+class NextUrlPagination(_Section):
+    type: Literal["next_url"]
+    next_url_path: str = Field(description="dotted path to the next page's URL in the response body")
+
+
+Pagination = Annotated[
+    NoPagination | LinkHeaderPagination | PageNumberPagination | OffsetPagination | CursorPagination
+    | NextUrlPagination,
+    Field(discriminator="type"),
+]
+Auth = Annotated[BearerAuth | BasicAuth | ApiKeyAuth, Field(discriminator="type")]
+
+
+class IncrementalConfig(_Section):
+    cursor_field: str = Field(description="dotted path in each record to the field that grows with every change")
+    param: str = Field(description="query parameter that asks the API for records since a cursor value")
+    initial_value: str | None = Field(None, description="cursor sent by a new query; None = everything")
+
+
+class EndpointConfig(LoadOptions):
+    """A REST endpoint polled as a streaming source; its records land in the table ``name``."""
+
+    name: str
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, Any] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth: Auth | None = None
+    records_path: str | None = Field(None, description="dotted path to the list of records; None = the body")
+    pagination: Pagination = Field(default_factory=NoPagination)
+    incremental: IncrementalConfig | None = None
+    poll_interval: float = Field(30.0, gt=0)
+    timeout: float = Field(10.0, gt=0)
+    max_pages_per_batch: int = Field(100, ge=1)
+    max_retries: int = Field(5, ge=0, description="retries of one request after timeouts, 5xx and 429")
+    backoff: float = Field(0.5, ge=0, description="first retry delay; doubles each retry, with jitter")
+    max_backoff: float = Field(30.0, ge=0)
+    null_tokens: list[str] = Field(default_factory=list, description="strings that mean null besides JSON null and \"\"")
+    flatten_depth: int = Field(1, ge=0, description="levels of nested objects opened into owner__login columns")
+    date_formats: list[str] = Field(default_factory=list, description="strptime formats besides ISO 8601")
+
+    _check_formats = field_validator("date_formats")(CsvOptions._formats.__func__)
+
+    @field_validator("name")
+    @classmethod
+    def _table_name(cls, v: str) -> str:
+        return normalize_dataset_name(v)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url {v!r} must be an http:// or https:// URL")
+        return v
+
+    @field_validator("pagination", mode="before")
+    @classmethod
+    def _pagination_shorthand(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @field_validator("poll_interval", "timeout", "backoff", "max_backoff", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @property
+    def true_tokens(self) -> list[str]:
+        return list(DEFAULT_TRUE_TOKENS)
+
+    @property
+    def false_tokens(self) -> list[str]:
+        return list(DEFAULT_FALSE_TOKENS)
+
+    def fingerprint(self) -> str:
+        """A stable digest of the whole entry: a changed digest restarts the endpoint's query."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
 
 
 def _normalized_name(name: str, key: str) -> str:
@@ -208,6 +346,7 @@ class Settings(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     csv: CsvOptions = Field(default_factory=CsvOptions, description="defaults for every dataset")
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    endpoints: list[EndpointConfig] = Field(default_factory=list, description="REST endpoints polled as sources")
 
     yaml_file_path: ClassVar[str | None] = None
 
@@ -239,6 +378,20 @@ class Settings(BaseSettings):
             else:
                 merged[table] = entry
         return merged
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> "Settings":
+        seen: set[str] = set()
+        for ep in self.endpoints:
+            if ep.name in seen:
+                raise ValueError(f"endpoints: two entries are named {ep.name!r}")
+            if ep.name in self.datasets:
+                raise ValueError(f"endpoints: {ep.name!r} is also a landing dataset; give the endpoint its own name")
+            seen.add(ep.name)
+        return self
+
+    def endpoint(self, name: str) -> EndpointConfig | None:
+        return next((ep for ep in self.endpoints if ep.name == normalize_dataset_name(name)), None)
 
     def dataset(self, name: str) -> DatasetConfig:
         """The configuration of a dataset: its own entry, else the CSV defaults with append mode."""

@@ -21,9 +21,12 @@ import psycopg2
 
 from connectors import postgres
 from connectors.landing import Landing
-from streaming.batch import LandedFile, LoadContext, load_files
-from streaming.config import Settings
-from streaming.errors import ShutdownRequested, TransientSinkError
+from connectors.rest.client import mask_url
+from connectors.rest.events import EventReceiver
+from connectors.rest.source import SOURCE_NAME, RestDataSource
+from streaming.batch import LandedFile, LoadContext, load_files, load_records
+from streaming.config import EndpointConfig, Settings, load_settings
+from streaming.errors import ConfigError, ShutdownRequested, TransientSinkError
 from streaming.health import HealthServer
 from streaming.metrics import Metrics, progress_listener
 from streaming.naming import normalize_dataset_name
@@ -38,20 +41,30 @@ STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch 
 
 @dataclasses.dataclass
 class _Query:
-    dataset: str  # the landing folder's name
+    dataset: str  # the landing folder's name, or the endpoint's
     table: str  # the dataset's table name: its name in the catalog, metrics and logs
     query: object | None = None
     failures: int = 0
     restart_at: float = 0.0
     batch_active: bool = False
+    endpoint: EndpointConfig | None = None  # set for a REST endpoint's query
+    last_error: str | None = None  # the endpoint's last failed poll, cleared by a good one
+    error_repeats: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"endpoint:{self.table}" if self.endpoint is not None else self.dataset
 
 
 class Daemon:
     """Runs until :meth:`request_stop` (SIGTERM / SIGINT); :meth:`run` returns the exit code."""
 
     def __init__(self, settings: Settings, dsn: str, metrics: Metrics | None = None, grace_seconds: float = 60.0,
-                 spark=None, stop_event: threading.Event | None = None):
+                 spark=None, stop_event: threading.Event | None = None, config_path: str | None = None):
         self.settings = settings
+        self.config_path = config_path
+        self._config_watch: ConfigWatch | None = None
+        self._events: EventReceiver | None = None
         self.metrics = metrics or Metrics()
         self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics)
         self.grace_seconds = grace_seconds
@@ -94,11 +107,18 @@ class Daemon:
         if self.stop_event.is_set():  # asked to stop while Spark was starting
             self._shutdown()
             return 0
+        self.spark.dataSource.register(RestDataSource)
+        self._events = EventReceiver(self._endpoint_event).start()
+        for endpoint in self.settings.endpoints:
+            self._add_endpoint(endpoint)
+        if self.config_path:
+            self._config_watch = ConfigWatch(self.config_path).start()
         self.landing.start()
         self._finish_committed_files()
         self.running = True
-        log.info("watching %s; %d dataset(s): %s", self.landing.root, len(self.landing.datasets()),
-                 ", ".join(self.landing.datasets()) or "none yet")
+        log.info("watching %s; %d dataset(s): %s; %d endpoint(s): %s", self.landing.root,
+                 len(self.landing.datasets()), ", ".join(self.landing.datasets()) or "none yet",
+                 len(self.settings.endpoints), ", ".join(e.name for e in self.settings.endpoints) or "none")
         try:
             while not self.stop_event.wait(0.5):
                 self._supervise()
@@ -126,8 +146,10 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers."""
-        queries = {q.dataset: "running" if q.query is not None and q.query.isActive else
+        queries = {q.key: "running" if q.query is not None and q.query.isActive else
                    ("restarting" if q.failures else "starting") for q in list(self.queries.values())}
+        # A failing API is reported, but does not make the daemon unready: restarting it cannot help.
+        endpoints = {q.table: q.last_error or "ok" for q in list(self.queries.values()) if q.endpoint is not None}
         try:
             conn = postgres.connect(self.ctx.dsn, connect_timeout=3)
             try:
@@ -142,7 +164,7 @@ class Daemon:
         state = "running" if self.running and not self.stop_event.is_set() else (
             "stopping" if self.stop_event.is_set() else "starting")
         ready = state == "running" and database == "ok" and all(v == "running" for v in queries.values())
-        return ready, {"daemon": state, "postgres": database, "queries": queries}
+        return ready, {"daemon": state, "postgres": database, "queries": queries, "endpoints": endpoints}
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -162,6 +184,8 @@ class Daemon:
     def _shutdown(self) -> None:
         self.running = False
         self.landing.stop()
+        if self._config_watch is not None:
+            self._config_watch.stop()
         self.ctx.stopping.set()  # batches not yet started are abandoned; they replay on the next start
         deadline = time.monotonic() + self.grace_seconds
         while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
@@ -176,6 +200,8 @@ class Daemon:
                 except Exception as exc:  # stopping a failed query can raise; nothing left to do
                     log.debug("dataset=%s: stop: %s", q.dataset, exc)
             self.metrics.query_up.labels(q.table).set(0)
+        if self._events is not None:
+            self._events.stop()
         if self.spark is not None and self._listener is not None:
             self.spark.streams.removeListener(self._listener)
         if self.spark is not None and self._owns_spark:
@@ -186,16 +212,99 @@ class Daemon:
 
     # --- queries -----------------------------------------------------------------------------
     def _dataset_found(self, dataset: str) -> None:
+        table = normalize_dataset_name(dataset)
         with self._lock:
             if dataset in self.queries:
                 return
-            self.queries[dataset] = _Query(dataset, normalize_dataset_name(dataset))
+            if self.settings.endpoint(table) is not None:
+                log.error("dataset=%s: landing folder ignored: endpoint %s loads table %s", dataset, table, table)
+                self.queries[dataset] = _Query(dataset, table, failures=-1)
+                return
+            self.queries[dataset] = _Query(dataset, table)
         log.info("dataset=%s: new landing folder", dataset)
+
+    def _add_endpoint(self, endpoint: EndpointConfig) -> None:
+        with self._lock:
+            q = _Query(endpoint.name, endpoint.name, endpoint=endpoint)
+            self.queries[q.key] = q
+        log.info("endpoint=%s: polling %s every %gs", endpoint.name, mask_url(endpoint.url), endpoint.poll_interval)
+
+    def _stop_query(self, q: _Query) -> None:
+        if q.query is not None:
+            try:
+                q.query.stop()
+            except Exception as exc:  # stopping a failed query can raise; nothing left to do
+                log.debug("dataset=%s: stop: %s", q.dataset, exc)
+            q.query = None
+        self.metrics.query_up.labels(q.table).set(0)
+
+    def _reload_config(self) -> None:
+        """Apply an edited config file's endpoints: add, remove and restart changed ones."""
+        try:
+            fresh = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("config %s: edit refused, running endpoints continue unchanged: %s", self.config_path, exc)
+            return
+        old = {e.name: e for e in self.settings.endpoints}
+        new = {e.name: e for e in fresh.endpoints}
+        clash = [n for n in new if n not in old and n in {q.table for q in self.queries.values() if q.endpoint is None}]
+        if clash:
+            log.error("config %s: edit refused: endpoint(s) %s would load the table of a landing folder",
+                      self.config_path, ", ".join(clash))
+            return
+        for name in old.keys() - new.keys():
+            q = self.queries.pop(f"endpoint:{name}", None)
+            if q is not None:
+                self._stop_query(q)
+            log.info("endpoint=%s: removed from the config; polling stopped", name)
+        for name, endpoint in new.items():
+            if name not in old:
+                self._add_endpoint(endpoint)
+            elif endpoint.fingerprint() != old[name].fingerprint():
+                q = self.queries.get(f"endpoint:{name}")
+                if q is not None:
+                    self._stop_query(q)
+                    q.endpoint, q.failures, q.restart_at, q.last_error = endpoint, 0, 0.0, None
+                log.info("endpoint=%s: changed in the config; query restarted", name)
+        self.settings.endpoints = fresh.endpoints
+        if fresh.model_dump(exclude={"endpoints"}) != self.settings.model_dump(exclude={"endpoints"}):
+            log.warning("config %s: changes outside endpoints take effect at the next restart", self.config_path)
+
+    def _endpoint_event(self, event: dict) -> None:
+        """An event from an endpoint's stream reader (see connectors.rest.events)."""
+        name = str(event.get("endpoint", ""))
+        kind = event.get("event")
+        if kind == "request":
+            self.metrics.api_requests.labels(name, str(event.get("code", "error"))).inc()
+        elif kind == "retry":
+            self.metrics.api_retries.labels(name).inc()
+        q = self.queries.get(f"endpoint:{name}")
+        if kind == "error":
+            message = str(event.get("message"))[:500]
+            self.metrics.api_errors.labels(name, str(event.get("kind", "error"))).inc()
+            repeats = q.error_repeats + 1 if q is not None and q.last_error == message else 1
+            # The same failure every poll is logged once, then every tenth time.
+            if repeats == 1 or repeats % 10 == 0:
+                log.error("endpoint=%s: poll failed%s: %s", name, f" ({repeats} times in a row)" if repeats > 1 else "",
+                          message)
+            if q is not None:
+                q.last_error, q.error_repeats = message, repeats
+        elif kind == "poll":
+            if q is not None and q.last_error:
+                log.info("endpoint=%s: polling again (%s records)", name, event.get("records"))
+                q.last_error, q.error_repeats = None, 0
+            log.debug("endpoint=%s: poll fetched %s record(s) in %s page(s)", name, event.get("records"),
+                      event.get("pages"))
 
     def _supervise(self) -> None:
         now = time.monotonic()
+        if self._config_watch is not None and self._config_watch.due():
+            self._reload_config()
         for q in list(self.queries.values()):
-            self.metrics.files_pending.labels(q.table).set(self.landing.pending_count(q.dataset))
+            if q.failures < 0:  # a folder that cannot get a query
+                continue
+            if q.endpoint is None:
+                self.metrics.files_pending.labels(q.table).set(self.landing.pending_count(q.dataset))
             if q.query is not None and q.query.isActive:
                 continue
             if q.query is not None:
@@ -214,6 +323,9 @@ class Daemon:
         log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset, _first_line(error), backoff)
 
     def _start(self, q: _Query) -> None:
+        if q.endpoint is not None:
+            self._start_endpoint(q)
+            return
         dataset = q.dataset
         inbox = self.landing.inbox(dataset)
         inbox.mkdir(parents=True, exist_ok=True)
@@ -259,21 +371,64 @@ class Daemon:
         self.metrics.query_up.labels(q.table).set(1)
         log.info("dataset=%s: query started (trigger %s, checkpoint %s)", dataset, trigger, checkpoint)
 
+    def _start_endpoint(self, q: _Query) -> None:
+        endpoint = q.endpoint
+        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / "endpoints" / q.table
+        ready = threading.Event()
+        ref: dict[str, str] = {}
+
+        def on_batch(df, batch_id: int) -> None:
+            ready.wait()
+            q.batch_active = True
+            try:
+                if self.ctx.stopping.is_set():
+                    raise ShutdownRequested(f"endpoint {endpoint.name}: batch {batch_id} not started, stopping")
+                stream = f"endpoint:{q.table}:{ref['id']}"
+                self._retry_transient(f"endpoint {endpoint.name}", batch_id,
+                                      lambda: load_records(self.ctx, endpoint, df, stream, batch_id))
+            finally:
+                q.batch_active = False
+
+        # The reader polls at most once per poll_interval; the trigger only bounds how late it notices.
+        trigger_ms = int(max(0.1, min(endpoint.poll_interval, 1.0)) * 1000)
+        try:
+            self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", q.table)
+            q.query = (self.spark.readStream.format(SOURCE_NAME)
+                       .option("endpoint", endpoint.model_dump_json(by_alias=True))
+                       .option("events", self._events.path if self._events else "")
+                       .option("parallelism", str(self.spark.sparkContext.defaultParallelism))
+                       .load().writeStream.queryName(f"endpoint_{q.table}").foreachBatch(on_batch)
+                       .option("checkpointLocation", str(checkpoint))
+                       .trigger(processingTime=f"{trigger_ms} milliseconds").start())
+        except Exception as exc:
+            q.failures += 1
+            q.restart_at = time.monotonic() + min(MAX_BACKOFF_SECONDS, 2 ** q.failures)
+            log.error("endpoint=%s: cannot start query: %s", endpoint.name, _first_line(exc))
+            return
+        ref["id"] = str(q.query.id)
+        ready.set()
+        self.metrics.query_up.labels(q.table).set(1)
+        log.info("endpoint=%s: query started (checkpoint %s)", endpoint.name, checkpoint)
+
     def _load_with_retry(self, dataset: str, files: list[LandedFile], stream: str, batch_id: int) -> None:
-        """Load a batch; wait out PostgreSQL outages here so the query keeps its place."""
+        """Load a batch of files, then archive or reject them."""
+        result = self._retry_transient(f"dataset {dataset}", batch_id,
+                                       lambda: load_files(self.ctx, dataset, files, stream, batch_id))
+        self._settle_files(dataset, files, result.files, result.load_id)
+
+    def _retry_transient(self, what: str, batch_id: int, load):
+        """Run a load; wait out PostgreSQL outages here so the query keeps its place."""
         delay, deadline = 1.0, time.monotonic() + TRANSIENT_RETRY_SECONDS
         while True:
             try:
-                result = load_files(self.ctx, dataset, files, stream, batch_id)
-                break
+                return load()
             except TransientSinkError as exc:
                 if self.ctx.stopping.is_set() or time.monotonic() > deadline:
                     raise
                 log.warning("%s; retrying in %.0fs", exc, delay)
                 if self.ctx.stopping.wait(delay):
-                    raise ShutdownRequested(f"dataset {dataset}: batch {batch_id} abandoned at shutdown") from exc
+                    raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
                 delay = min(delay * 2, 30.0)
-        self._settle_files(dataset, files, result.files, result.load_id)
 
     def _settle_files(self, dataset: str, files: list[LandedFile], entries: list[dict], load_id: int) -> None:
         """After commit: archive loaded files, reject unreadable ones (idempotent on replay)."""
@@ -310,6 +465,53 @@ class Daemon:
                             self._settle_files(self.landing.folder_of(ds_dir.name), [landed], [row[1]], row[0])
         finally:
             conn.close()
+
+
+class ConfigWatch:
+    """Watches the config file (watchdog) and says when an edit has settled and should be applied.
+
+    Editors save by rewriting or by renaming a temporary file over the original; both show up as
+    events on the file's folder naming the file.
+    """
+
+    SETTLE_SECONDS = 0.3
+
+    def __init__(self, path: str):
+        self.path = Path(path).resolve()
+        self._changed_at: float | None = None
+        self._observer = None
+
+    def start(self) -> "ConfigWatch":
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watch = self
+
+        class _Handler(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                paths = {getattr(event, "src_path", ""), getattr(event, "dest_path", "")}
+                if any(p and Path(os.fsdecode(p)).resolve() == watch.path for p in paths) and \
+                        event.event_type != "opened":
+                    watch._changed_at = time.monotonic()
+
+        self._observer = Observer()
+        self._observer.schedule(_Handler(), str(self.path.parent), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        return self
+
+    def due(self) -> bool:
+        """True once, when the file changed and has been quiet for SETTLE_SECONDS."""
+        changed = self._changed_at
+        if changed is None or time.monotonic() - changed < self.SETTLE_SECONDS:
+            return False
+        self._changed_at = None
+        return True
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
 
 
 def _local_path(uri: str) -> str:

@@ -37,6 +37,8 @@ class Metrics:
         self.api_requests = Counter("dataops_api_requests_total", "HTTP requests to REST endpoints by status code",
                                     ["endpoint", "code"], registry=r)
         self.api_retries = Counter("dataops_api_retries_total", "Retried REST requests", ["endpoint"], registry=r)
+        self.api_errors = Counter("dataops_api_errors_total", "Failed polls of REST endpoints by kind",
+                                  ["endpoint", "kind"], registry=r)
         self.postgres_up = Gauge("dataops_postgres_up", "1 when PostgreSQL answered the last readiness check",
                                  registry=r)
 

@@ -48,7 +48,17 @@ def normalize_columns(headers: list[str]) -> list[str]:
     Blank names become ``column_<position>`` (1-based); a repeated name gets ``_2``, ``_3`` ... in order
     of appearance, never colliding with a name that appears elsewhere in the header.
     """
-    base = [normalize_identifier(h) or f"column_{i}" for i, h in enumerate(headers, start=1)]
+    return unique_names([normalize_identifier(h) or f"column_{i}" for i, h in enumerate(headers, start=1)])
+
+
+def nested_identifier(path: tuple[str, ...]) -> str:
+    """The column of a nested JSON field: each key normalized, joined by ``__`` (``owner.login`` ->
+    ``owner__login``)."""
+    return _fit("__".join(normalize_identifier(part) or "field" for part in path), ".".join(path))
+
+
+def unique_names(base: list[str]) -> list[str]:
+    """Make normalized names unique in order: a repeated name gets ``_2``, ``_3`` ..."""
     taken = set(base)
     seen: set[str] = set()
     result = []

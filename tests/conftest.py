@@ -29,6 +29,18 @@ def poll(check, timeout: float = 30.0, interval: float = 0.05, message: str = "c
         time.sleep(interval)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """``dataops`` commands run in-process replace the root handlers; put them back after each test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def dsn() -> str:
     try:

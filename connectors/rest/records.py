@@ -1,0 +1,169 @@
+"""JSON records into staging tables: the REST counterpart of a CSV file task (runs on executors).
+
+A micro-batch of an endpoint arrives as a DataFrame of ``(record, seq)`` rows, ``record`` being one
+JSON record as text. Each Spark partition becomes one task that flattens its records into columns,
+types and cleans them with the same machinery as CSV files (null tokens, lossless inference, the
+table's types, quarantine with a reason) and COPYs them into its own staging table; the driver then
+merges every task's staging table in one transaction, exactly as for files.
+
+Flattening: keys of nested objects join with ``__`` (``owner.login`` -> ``owner__login``) down to
+``flatten_depth`` levels; arrays, and objects deeper than that, are kept whole as ``jsonb``. JSON
+``null`` and empty strings are NULL.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from connectors.csvfile import CHUNK_ROWS, FileReport, FileTask, _ParsedFile, copy_to_stage, run_file_task
+from streaming.errors import FileRejected
+from streaming.naming import nested_identifier, unique_names
+from streaming.schema import ColumnTyper, bool_token_set
+
+JSON = "jsonb"
+
+
+SEP = "\x1f"  # joins the keys of a nested field's path (no JSON key of a sane API holds it)
+
+
+def flatten(record: Any, depth: int) -> dict[str, Any]:
+    """A record's fields by key path (keys joined by :data:`SEP`); objects nested up to ``depth``
+    levels are opened. A record that is not an object is one field, ``value``."""
+    if type(record) is not dict:
+        return {"value": record}
+    if not depth or not any(type(v) is dict for v in record.values()):
+        return record
+    out: dict[str, Any] = {}
+    _walk(record, "", depth, out)
+    return out
+
+
+def _walk(obj: dict, prefix: str, depth: int, out: dict) -> None:
+    for key, value in obj.items():
+        if depth and type(value) is dict and value:
+            _walk(value, prefix + key + SEP, depth - 1, out)
+        else:
+            out[prefix + key] = value
+
+
+def _text(value: Any) -> str:
+    """A scalar JSON value as the text a column receives ("" is NULL); arrays and objects as JSON."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_text(value: Any) -> str:
+    return "" if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _JsonTyper(ColumnTyper):
+    """A jsonb column: its values are JSON this module wrote itself, so there is nothing to check."""
+
+    def __init__(self, bools):
+        super().__init__(bools, fixed=JSON, loose=True)
+
+    def check(self, values, joined=None, has_null=True) -> list[int]:
+        return []
+
+
+class _ParsedRecords(_ParsedFile):
+    """A partition's records as rows of text, ready for the CSV file task's typing and COPY."""
+
+    def __init__(self, task: FileTask, rows: Iterable[tuple[str, int]]):
+        self.task = task
+        opts = task.options
+        self.nulls = frozenset(["", *opts["null_tokens"]])
+        self.bools = bool_token_set(opts["true_tokens"], opts["false_tokens"])
+        self.delimiter = ""
+        self.staged = self.quarantined = 0
+        self.bad_cut = False
+        self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
+        depth = int(opts.get("flatten_depth", 1))
+        records: list[tuple[int, dict]] = []
+        paths: dict[str, None] = {}
+        self.columns = []  # for quarantine records until the columns are known
+        loads = json.loads
+        for text, seq in rows:
+            fields = flatten(loads(text), depth)
+            if not fields:
+                self._quarantine(seq, None, text[:1000], "the record has no fields", None)
+                continue
+            paths.update(dict.fromkeys(fields))
+            records.append((seq, fields))
+        # A key no record has: the column exists, and every row is quarantined for its NULL key.
+        names = {nested_identifier(tuple(p.split(SEP))) for p in paths}
+        paths.update(dict.fromkeys(k for k in task.primary_key if k not in names))
+        order = list(paths)
+        self.source_names = [p.replace(SEP, ".") for p in order]
+        self.columns = unique_names([nested_identifier(tuple(p.split(SEP))) for p in order])
+        table = task.table_types
+        raw_columns = [[fields.get(path) for _, fields in records] for path in order]
+        # Arrays and deep objects are jsonb; so is every value of a column the table holds as jsonb.
+        as_json = [table.get(c) == JSON or (c not in table and any(type(v) in (list, dict) for v in raw))
+                   for c, raw in zip(self.columns, raw_columns)]
+        hints = {c: JSON for c, j in zip(self.columns, as_json) if j and c not in table}
+        # Column by column: strings (most values) pass through without a call.
+        columns = []
+        for raw, j in zip(raw_columns, as_json):
+            if j:
+                columns.append([_json_text(v) for v in raw])
+            else:
+                columns.append([v if type(v) is str else _text(v) for v in raw])
+        values = [(seq, list(row)) for (seq, _), row in zip(records, zip(*columns))] if columns else \
+            [(seq, []) for seq, _ in records]
+        self.rows = values
+        try:
+            self._setup_columns(FileTask(**{**task.__dict__, "hints": {**task.hints, **hints}}), opts)
+        except FileRejected as exc:  # on_schema_change fail and the records do not match the table
+            for seq, row in values:
+                self._quarantine(seq, None, None, exc.detail, row)
+            self.rows, self.typers, self.unknown, self.rescue = [], [], set(), False
+            self.out_positions, self.out_names, self.key_positions = [], [], []
+            return
+        for i, j in enumerate(as_json):
+            if j:
+                self.typers[i] = _JsonTyper(self.bools)
+        self.key_positions = [self.columns.index(k) for k in task.primary_key]
+        self._empty_is_null = True
+        self._null_probes = tuple(f"\n{t}\n" for t in self.nulls if t)
+        self._null_initials = frozenset(t[0] for t in self.nulls if t)
+
+    def copy_chunks(self) -> Iterator[str]:
+        for start in range(0, len(self.rows), CHUNK_ROWS):
+            chunk = self.rows[start:start + CHUNK_ROWS]
+            yield self._chunk([values for _, values in chunk], [seq for seq, _ in chunk])
+
+    def close(self) -> None:
+        self.quarantine.close()
+
+
+def _stage_records(task: FileTask, rows) -> FileReport:
+    parsed = _ParsedRecords(task, rows)
+    copy_to_stage(task, parsed)
+    mismatch = parsed.type_mismatch()
+    if mismatch:
+        return FileReport(task.name, task.path, task.seq, "rejected", "schema_mismatch", columns=parsed.report_columns(),
+                          staged_rows=parsed.staged, quarantined_rows=parsed.quarantined,
+                          detail=f"{task.name}: values need wider types than table {task.dataset} has and "
+                          f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
+                                                                     for c, d in mismatch.items()),
+                          diff={"changed_types": mismatch})
+    return FileReport(task.name, task.path, task.seq, "staged", columns=parsed.report_columns(),
+                      staged_rows=parsed.staged, quarantined_rows=parsed.quarantined)
+
+
+def run_records_task(task: FileTask, rows: Iterable[tuple[str, int]]) -> FileReport:
+    """Stage one partition of an endpoint's batch. Never raises (see ``run_file_task``)."""
+    return run_file_task(task, lambda t: _stage_records(t, rows))

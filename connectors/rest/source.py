@@ -1,0 +1,221 @@
+"""A REST endpoint as a Structured Streaming source: a PySpark Python data source stream reader.
+
+Where the code runs:
+
+* :class:`RestStreamReader` ``initialOffset`` / ``latestOffset`` / ``partitions`` / ``commit`` run in
+  one long-lived Python process that Spark's driver starts for the query. ``latestOffset`` polls the
+  endpoint (see :func:`connectors.rest.client.poll`) at most once per ``poll_interval`` and keeps the
+  records it fetched until ``partitions`` hands them out.
+* ``read`` runs on executors and only replays the records pickled into its partition.
+
+Offsets are what Spark checkpoints, as JSON::
+
+    {"cursor": "2024-05-01T10:00:00Z",  # high-water mark of incremental.cursor_field (None: snapshot)
+     "seen": "a1b2,c3d4",               # digests of the records at the high-water mark
+     "chain": null,                     # a poll that stopped at max_pages: {"since", "seen", "resume"}
+     "polls": 12}                       # polls that produced a batch
+
+An incremental endpoint is asked for records since ``cursor``; records at or below the mark are
+dropped unless they are new records at exactly the mark (their digest is not in ``seen``), so a
+restarted query fetches nothing twice into an append table and misses nothing. A poll that hits
+``max_pages_per_batch`` ends the batch and the next batch continues the same pages (``chain``).
+If a batch must be replayed after a crash, ``partitions`` fetches its range again.
+
+The reader process cannot reach the daemon's metrics registry, so it reports each request, retry
+and poll outcome as a datagram on a Unix socket the daemon listens on (:mod:`connectors.rest.events`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+
+from connectors.rest.client import _MISSING, EndpointError, _lookup, poll
+from connectors.rest.events import EventSender
+from streaming.config import EndpointConfig
+
+__all__ = ["RestDataSource", "RestStreamReader", "SOURCE_NAME", "SCHEMA"]
+
+SOURCE_NAME = "dataops_rest"
+SCHEMA = "record string, seq bigint"
+MAX_SEEN = 10_000
+
+
+class RecordsPartition(InputPartition):
+    """Records for one Spark task: ``[(record JSON, position in the batch), ...]``."""
+
+    def __init__(self, rows: list[tuple[str, int]]):
+        super().__init__(None)
+        self.rows = rows
+
+
+class RestDataSource(DataSource):
+    """``spark.readStream.format("dataops_rest").option("endpoint", <EndpointConfig JSON>)``.
+
+    Options: ``endpoint`` (the endpoint's config as JSON, required), ``events`` (the daemon's event
+    socket path, optional), ``parallelism`` (Spark's default parallelism: a batch is split into at
+    least that many tasks, default 2) and ``partition_records`` (at most this many records per task,
+    default 50,000).
+    """
+
+    @classmethod
+    def name(cls) -> str:
+        return SOURCE_NAME
+
+    def schema(self) -> str:
+        return SCHEMA
+
+    def streamReader(self, schema) -> "RestStreamReader":
+        endpoint = EndpointConfig.model_validate(json.loads(self.options["endpoint"]))
+        return RestStreamReader(endpoint, self.options.get("events"), int(self.options.get("parallelism", 2)),
+                                int(self.options.get("partition_records", 50_000)))
+
+
+class RestStreamReader(DataSourceStreamReader):
+    def __init__(self, endpoint: EndpointConfig, events_path: str | None = None, parallelism: int = 2,
+                 partition_records: int = 50_000):
+        self.endpoint = endpoint
+        self.events = EventSender(events_path, endpoint.name)
+        self.parallelism = max(1, parallelism)
+        self.partition_records = max(1, partition_records)
+        self._fetched: dict[str, list] = {}
+        self._last_poll = 0.0
+
+    # --- offsets (driver side) ------------------------------------------------------------
+    def initialOffset(self) -> dict:
+        inc = self.endpoint.incremental
+        return {"cursor": inc.initial_value if inc else None, "seen": "", "chain": None, "polls": 0}
+
+    def latestOffset(self, start: dict, limit=None) -> dict:
+        """Poll the endpoint when it is due; return ``start`` when there is nothing new."""
+        chain = start.get("chain")
+        now = time.monotonic()
+        if chain is None and now - self._last_poll < self.endpoint.poll_interval:
+            return start
+        self._last_poll = now
+        since, base_seen, resume = self._chain_start(start)
+        try:
+            result = poll(self.endpoint, since=since, resume=resume, on_request=self.events.request,
+                          on_retry=self.events.retry)
+        except EndpointError as exc:
+            if exc.kind == "resume":  # the pagination settings changed: start the pages over
+                start = {**start, "chain": None}
+                self.events.error("resume", f"{exc}; starting the pages over")
+                return start
+            self.events.error(exc.kind, str(exc))
+            return start
+        except Exception as exc:  # a bug must not kill the query; it is reported and retried next poll
+            self.events.error("internal", f"endpoint {self.endpoint.name}: {type(exc).__name__}: {exc}")
+            return start
+        records, cursor, seen = self._new_records(result.records, since, base_seen, start)
+        self.events.poll(len(records), result.pages)
+        end = {"cursor": cursor, "seen": seen,
+               "chain": None if result.done else {"since": since, "seen": base_seen, "resume": result.resume},
+               "polls": start.get("polls", 0) + 1}
+        if not records and end["chain"] == start.get("chain") and cursor == start.get("cursor"):
+            return start
+        self._fetched[_key(end)] = records
+        return end
+
+    def _chain_start(self, start: dict) -> tuple[Any, str, dict | None]:
+        chain = start.get("chain")
+        if chain:
+            return chain.get("since"), chain.get("seen", ""), chain.get("resume")
+        return start.get("cursor"), start.get("seen", ""), None
+
+    def _new_records(self, records: list, since: Any, base_seen: str, start: dict) -> tuple[list, Any, str]:
+        """Records past the mark the poll started from, the new high-water mark and its digests."""
+        inc = self.endpoint.incremental
+        if inc is None:
+            return records, None, ""
+        seen_before = set(filter(None, base_seen.split(",")))
+        mark = _order(since)
+        fresh = []
+        for record in records:
+            value = _cursor_of(record, inc.cursor_field)
+            if value is not _MISSING and since is not None:
+                order = _order(value)
+                if order < mark or (order == mark and _digest(record) in seen_before):
+                    continue
+            fresh.append(record)
+        # The high-water mark only moves forward; records at it are remembered by digest.
+        cursor = start.get("cursor")
+        seen = set(filter(None, (start.get("seen") or "").split(",")))
+        for record in fresh:
+            value = _cursor_of(record, inc.cursor_field)
+            if value is _MISSING or value is None:
+                continue
+            if cursor is None or _order(value) > _order(cursor):
+                cursor, seen = value, set()
+            if _order(value) == _order(cursor):
+                seen.add(_digest(record))
+        return fresh, cursor, ",".join(sorted(seen)[:MAX_SEEN])
+
+    def partitions(self, start: dict, end: dict) -> list[RecordsPartition]:
+        if _key(start) == _key(end):  # e.g. a new query's first batch, before any poll
+            return []
+        records = self._fetched.pop(_key(end), None)
+        if records is None:
+            records = self._refetch(start, end)
+        texts = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records]
+        # One task per core, or more for large batches: each task stages its records in one COPY.
+        size = min(self.partition_records, max(1, -(-len(texts) // self.parallelism)))
+        return [RecordsPartition([(t, i) for i, t in enumerate(texts[a:a + size], start=a)])
+                for a in range(0, len(texts), size)]
+
+    def _refetch(self, start: dict, end: dict) -> list:
+        """A batch replayed after a restart: fetch its range again, bounded by its end offset."""
+        since, base_seen, resume = self._chain_start(start)
+        result = poll(self.endpoint, since=since, resume=resume, on_request=self.events.request,
+                      on_retry=self.events.retry)
+        records, _, _ = self._new_records(result.records, since, base_seen, start)
+        inc = self.endpoint.incremental
+        if inc is None or end.get("cursor") is None:
+            return records
+        limit, at_limit = _order(end["cursor"]), set(filter(None, (end.get("seen") or "").split(",")))
+        kept = []
+        for record in records:
+            value = _cursor_of(record, inc.cursor_field)
+            if value is not _MISSING and value is not None:
+                order = _order(value)
+                if order > limit or (order == limit and _digest(record) not in at_limit):
+                    continue
+            kept.append(record)
+        return kept
+
+    def read(self, partition: RecordsPartition):
+        yield from partition.rows
+
+    def commit(self, end: dict) -> None:
+        polls = end.get("polls", 0)
+        self._fetched = {k: v for k, v in self._fetched.items() if json.loads(k).get("polls", 0) > polls}
+
+    def stop(self) -> None:
+        self.events.close()
+
+
+def _key(offset: dict) -> str:
+    return json.dumps(offset, sort_keys=True)
+
+
+def _cursor_of(record: Any, path: str) -> Any:
+    return _lookup(record, path) if isinstance(record, dict) else _MISSING
+
+
+def _order(value: Any) -> tuple:
+    """Cursor values compare as numbers when they are numbers, else as text (ISO 8601 sorts)."""
+    if value is None:
+        return (-1, "")
+    if isinstance(value, bool):
+        return (0, float(value))
+    if isinstance(value, (int, float)):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def _digest(record: Any) -> str:
+    return hashlib.sha1(json.dumps(record, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
