@@ -142,6 +142,9 @@ CREATE TABLE IF NOT EXISTS {cat}.quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_dataset_load_idx ON {cat}.quarantine (dataset, load_id);
 CREATE INDEX IF NOT EXISTS loads_dataset_idx ON {cat}.loads (dataset, load_id);
+-- Datasets loaded before column statistics existed get them recomputed from the table once.
+ALTER TABLE {cat}.datasets ADD COLUMN IF NOT EXISTS stats_stale boolean NOT NULL DEFAULT true;
+ALTER TABLE {cat}.datasets ALTER COLUMN stats_stale SET DEFAULT false;
 ALTER TABLE {cat}.columns
     ADD COLUMN IF NOT EXISTS null_count bigint NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS non_null_count bigint NOT NULL DEFAULT 0,
@@ -189,7 +192,7 @@ CREATE OR REPLACE VIEW {cat}.schema_history AS
     SELECT dataset, version, changed_at, changes, cause, load_id FROM {cat}.schema_versions;
 COMMENT ON TABLE {cat}.datasets IS {version};
 """
-CATALOG_VERSION = "dataops catalog 2"
+CATALOG_VERSION = "dataops catalog 3"
 
 
 def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
@@ -275,8 +278,7 @@ def merge(dsn: str, plan: MergePlan) -> MergeResult:
 def _merge(cur, plan: MergePlan) -> MergeResult:
     cat = sql.Identifier(plan.catalog_schema)
     # A batch merge is one large statement: hash aggregation in memory, no JIT compile per batch.
-    cur.execute("SET LOCAL work_mem = '256MB'; SET LOCAL temp_buffers = '256MB'; SET LOCAL TimeZone = 'UTC'; "
-                "SET LOCAL jit = off")
+    cur.execute("SET LOCAL work_mem = '256MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
     cur.execute(sql.SQL("INSERT INTO {}.loads (dataset, stream, batch_id, status) VALUES (%s, %s, %s, 'running') "
                         "ON CONFLICT (stream, batch_id) DO NOTHING RETURNING load_id").format(cat),
                 (plan.dataset, plan.stream, plan.batch_id))
@@ -292,9 +294,10 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     cur.execute(sql.SQL(
         "INSERT INTO {}.datasets (name, source, table_schema, table_name, mode, primary_key) "
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET mode = EXCLUDED.mode, "
-        "primary_key = EXCLUDED.primary_key, source = EXCLUDED.source RETURNING schema_version, row_count").format(cat),
+        "primary_key = EXCLUDED.primary_key, source = EXCLUDED.source "
+        "RETURNING schema_version, row_count, stats_stale").format(cat),
         (plan.dataset, plan.source, plan.table_schema, plan.table, plan.mode, list(plan.primary_key)))
-    schema_version, prior_rows = cur.fetchone()
+    schema_version, prior_rows, stats_stale = cur.fetchone()
     staged = [r for r in plan.reports if r.status == "staged"]
     result = MergeResult(load_id=load_id)
     existing = table_columns(cur, plan.table_schema, plan.table)
@@ -311,14 +314,20 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         _record_columns(cur, plan, columns, sources)
     staged_rows = sum(r.staged_rows for r in staged)
     loaded = inserted = 0
+    widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
-        loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows)
-        delta.widened = [c["column"] for c in changes if c["change"] == "widen"]
+        loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows,
+                                         load_id)
+        delta.widened, delta.recompute = widened, stats_stale
         stats.apply(cur, cat, plan.dataset, target, columns, delta)
-    elif any(c["change"] == "add_column" for c in changes):
-        # New columns are null in every existing row.
+        stats_stale = False
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(*batch_tables(plan, load_id)))
+    elif changes:
+        # New columns are null in every existing row; widened columns are recomputed.
         stats.apply(cur, cat, plan.dataset, target, columns,
-                    stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows))
+                    stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows,
+                                widened=widened, recompute=stats_stale))
+        stats_stale = False
     for r in staged:
         if r.quarantined_rows:
             cur.execute(sql.SQL(
@@ -338,9 +347,9 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     replaced = plan.mode == "overwrite" and not staged_rows
     cur.execute(sql.SQL(
         "UPDATE {}.datasets SET row_count = " + ("row_count" if replaced else row_count_sql) + ", "
-        "quarantined_rows = quarantined_rows + %s, last_loaded_at = now(), schema_version = %s "
+        "quarantined_rows = quarantined_rows + %s, last_loaded_at = now(), schema_version = %s, stats_stale = %s "
         "WHERE name = %s").format(cat),
-        (*(() if replaced else (inserted,)), result.quarantined, schema_version, plan.dataset))
+        (*(() if replaced else (inserted,)), result.quarantined, schema_version, stats_stale, plan.dataset))
     cur.execute(sql.SQL(
         "UPDATE {}.loads SET files = %s, rows_in = %s, rows_loaded = %s, rows_quarantined = %s, "
         "duplicates_removed = %s, files_rejected = %s, finished_at = clock_timestamp(), status = 'committed' "
@@ -356,10 +365,16 @@ def _quarantine_rejected(cur, plan: MergePlan, load_id: int) -> int:
     cat = sql.Identifier(plan.catalog_schema)
     moved = 0
     for r in plan.reports:
-        if r.status != "rejected" or not r.stage_table or not r.columns:
+        if r.status != "rejected":
             continue
-        record = sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
-            sql.SQL("{}, {}").format(sql.Literal(c[0]), sql.Identifier(f"c{i}")) for i, c in enumerate(r.columns)))
+        if not r.stage_table or not r.columns:
+            # Nothing staged to move: failing the batch keeps the records at the source for a retry.
+            raise SinkError(f"dataset {plan.dataset}: {r.detail or r.name}; the records could not be staged, "
+                            f"so the batch is retried rather than losing them")
+        # jsonb_object takes two arrays: no limit on the number of columns (function arguments have one).
+        record = sql.SQL("jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])").format(
+            sql.SQL(", ").join(sql.Literal(c[0]) for c in r.columns),
+            sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(len(r.columns))))
         cur.execute(sql.SQL(
             "INSERT INTO {cat}.quarantine (load_id, dataset, file, line, reason, record) "
             "SELECT %s, %s, %s, _ord, %s, {rec} FROM {stage} ORDER BY _ord").format(
@@ -560,17 +575,22 @@ def _ensure_partitions(cur, plan: MergePlan, target, rows, columns) -> None:
                 sql.Identifier(plan.table_schema, name), target), (month, month))
 
 
-BATCH = sql.Identifier("dataops_batch")
-REPLACED = sql.Identifier("dataops_replaced")
+def batch_tables(plan: MergePlan, load_id: int) -> tuple[sql.Identifier, sql.Identifier]:
+    """The merge's work tables: the batch's rows, and the old versions of the rows it replaces."""
+    return (sql.Identifier(plan.stage_schema, f"load_{load_id}_rows"),
+            sql.Identifier(plan.stage_schema, f"load_{load_id}_replaced"))
 
 
-def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int):
+def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int):
     """Run the mode's set-based statements; return (rows written, rows newly inserted, stats delta).
 
-    The batch's typed, deduplicated rows are materialized once in a temporary table: the insert
-    reads it, and so do the catalog statistics (with, for upserts, the old versions of the rows
-    the batch replaces).
+    The batch's typed, deduplicated rows are materialized once: the insert reads them, and so do
+    the catalog statistics (with, for upserts, the old versions of the rows the batch replaces).
+    The work tables are UNLOGGED tables of this transaction (dropped before it commits, gone with
+    it if it aborts) rather than temporary ones, because PostgreSQL scans only those with parallel
+    workers.
     """
+    BATCH, REPLACED = batch_tables(plan, load_id)
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     key = sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))
     if plan.primary_key:
@@ -580,7 +600,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
             k=key, n=names, s=source, o=order)
     else:
         rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
-    cur.execute(sql.SQL("CREATE TEMPORARY TABLE {} ON COMMIT DROP AS {}").format(BATCH, rows))
+    cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(BATCH, rows))
     batch_rows = cur.rowcount
     if batch_rows > 10_000:
         cur.execute(sql.SQL("ANALYZE {}").format(BATCH))
@@ -592,7 +612,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     if plan.mode == "overwrite":
         cur.execute(sql.SQL("TRUNCATE {}").format(target))
     elif plan.mode == "upsert":
-        cur.execute(sql.SQL("CREATE TEMPORARY TABLE {r} ON COMMIT DROP AS SELECT {tn} FROM {t} t "
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t "
                             "WHERE EXISTS (SELECT 1 FROM {b} b WHERE {m})").format(
             r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
             t=target, b=BATCH, m=matches))
@@ -651,7 +671,8 @@ def refresh_catalog(dsn: str, catalog_schema: str, dataset: str) -> dict:
                     "ordinal = EXCLUDED.ordinal").format(cat), (dataset, name, name, kind, name not in key, ordinal))
             stats.apply(cur, cat, dataset, target, columns,
                         stats.Delta(added=target, rows_after=rows, replaced_table=True))
-            cur.execute(sql.SQL("UPDATE {}.datasets SET row_count = %s WHERE name = %s").format(cat), (rows, dataset))
+            cur.execute(sql.SQL("UPDATE {}.datasets SET row_count = %s, stats_stale = false WHERE name = %s").format(cat),
+                        (rows, dataset))
             return {"dataset": dataset, "row_count": rows, "columns": len(columns)}
     except psycopg2.Error as exc:
         raise classify_error(exc, f"dataset {dataset}: refreshing the catalog") from exc

@@ -60,7 +60,8 @@ class Delta:
     removed: sql.Composable | None = None  # old versions of the rows the batch replaced (upsert)
     replaced_table: bool = False  # overwrite or refresh: the added rows are the whole table
     key: Sequence[str] = ()  # primary key, pairing removed rows with their new versions
-    widened: Sequence[str] = ()  # columns whose type changed: their sketches are rebuilt
+    widened: Sequence[str] = ()  # columns whose type changed (the table was rewritten anyway)
+    recompute: bool = False  # the stored statistics cannot be trusted (a catalog from before them)
 
 
 def measures(kind: str) -> str:
@@ -70,7 +71,13 @@ def measures(kind: str) -> str:
 
 def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, columns: dict[str, str],
           delta: Delta) -> None:
-    """Update every column statistic of ``dataset`` for one committed batch (same transaction)."""
+    """Update every column statistic of ``dataset`` for one committed batch (same transaction).
+
+    After a type widening (whose ``ALTER TABLE`` rewrote the table anyway) or when the stored
+    statistics predate this code, everything is recomputed from the table instead.
+    """
+    if (delta.widened or delta.recompute) and not delta.replaced_table:
+        delta = Delta(added=target, rows_after=delta.rows_after, replaced_table=True)
     old = {} if delta.replaced_table else _load(cur, cat, dataset)
     added = _aggregate(cur, delta.added, columns)
     removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
@@ -85,8 +92,7 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         stats[name].drift = before.drift + drift.get(name, 0)
     _recompute_bounds(cur, target, columns, stats, {n: r for n, r in redo.items() if any(r)})
     estimates = {n: hll_estimate(sketches[n]) if n in sketches else 0.0 for n in columns}
-    rebuild = {n for n in delta.widened if n in columns}
-    rebuild |= {n for n, s in stats.items() if s.top_values is None and s.drift > max(1.0, MAX_DRIFT * estimates[n])}
+    rebuild = {n for n, s in stats.items() if s.top_values is None and s.drift > max(1.0, MAX_DRIFT * estimates[n])}
     if rebuild:
         for name in rebuild:
             sketches.pop(name, None)
@@ -357,16 +363,23 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
     for relation, sign in ((delta.added, 1), (delta.removed, -1)):
         if relation is None:
             continue
-        values = sql.SQL(", ").join(sql.SQL("({}, {}::text)").format(sql.Literal(n), sql.Identifier(n))
-                                    for n in tracked)
-        cur.execute(sql.SQL("SELECT x._k, x._v, count(*) FROM {} rel CROSS JOIN LATERAL (VALUES {}) x(_k, _v) "
-                            "WHERE x._v IS NOT NULL GROUP BY x._k, x._v").format(relation, values))
+        # One grouped scan per column, like the sketches.
+        cur.execute(sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}, v, count(*) FROM (SELECT {} AS v FROM {} rel) s WHERE v IS NOT NULL GROUP BY v").format(
+                sql.Literal(n), _value_key(n, columns[n]), relation) for n in tracked))
         for name, value, count in cur.fetchall():
             counts = stats[name].top_values
             counts[value] = counts.get(value, 0) + sign * count
     for name in tracked:
         counts = {v: n for v, n in stats[name].top_values.items() if n > 0}
         stats[name].top_values = counts if len(counts) <= TOP_VALUES_LIMIT else None
+
+
+def _value_key(column: str, kind: str) -> sql.Composable:
+    """A value as the text it is counted under: equal values give equal text (numeric 1.50 is 1.5)."""
+    if kind == "numeric":
+        return sql.SQL("trim_scale({})::text").format(sql.Identifier(column))
+    return sql.SQL("{}::text").format(sql.Identifier(column))
 
 
 def _store(cur, cat, dataset: str, rows: int, stats: dict[str, ColumnStats], estimates: dict[str, float]) -> None:

@@ -100,8 +100,10 @@ def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, ba
                 rows = [(r[0], r[1]) for r in rows]
                 if rows:
                     stage_table, quarantine = postgres.stage_names(token, index)
+                    # seq 0 for every part: rows order by their position in the batch (_ord) alone, so
+                    # the last occurrence of a key wins however Spark partitioned the records.
                     yield run_records_task(dataclasses.replace(
-                        template, seq=index, stage_table=stage_table, quarantine_table=quarantine), rows)
+                        template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
 
             ctx.spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
             return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows

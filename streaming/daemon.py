@@ -147,7 +147,8 @@ class Daemon:
     def readiness(self) -> tuple[bool, dict]:
         """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers."""
         queries = {q.key: "running" if q.query is not None and q.query.isActive else
-                   ("restarting" if q.failures else "starting") for q in list(self.queries.values())}
+                   ("restarting" if q.failures else "starting") for q in list(self.queries.values())
+                   if q.failures >= 0}  # < 0: a landing folder ignored (logged), not a query
         # A failing API is reported, but does not make the daemon unready: restarting it cannot help.
         endpoints = {q.table: q.last_error or "ok" for q in list(self.queries.values()) if q.endpoint is not None}
         try:
@@ -228,6 +229,10 @@ class Daemon:
             q = _Query(endpoint.name, endpoint.name, endpoint=endpoint)
             self.queries[q.key] = q
         log.info("endpoint=%s: polling %s every %gs", endpoint.name, mask_url(endpoint.url), endpoint.poll_interval)
+        if endpoint.incremental is None and endpoint.mode == "append" and not endpoint.primary_key:
+            log.warning("endpoint=%s: a snapshot endpoint (no incremental) in append mode without a primary_key "
+                        "appends the whole response at every poll; use mode upsert with a primary_key, or "
+                        "incremental", endpoint.name)
 
     def _stop_query(self, q: _Query) -> None:
         if q.query is not None:
@@ -247,16 +252,18 @@ class Daemon:
             return
         old = {e.name: e for e in self.settings.endpoints}
         new = {e.name: e for e in fresh.endpoints}
-        clash = [n for n in new if n not in old and n in {q.table for q in self.queries.values() if q.endpoint is None}]
-        if clash:
-            log.error("config %s: edit refused: endpoint(s) %s would load the table of a landing folder",
-                      self.config_path, ", ".join(clash))
-            return
-        for name in old.keys() - new.keys():
-            q = self.queries.pop(f"endpoint:{name}", None)
+        with self._lock:
+            folders = {q.table for q in self.queries.values() if q.endpoint is None and q.failures >= 0}
+            clash = [n for n in new if n not in old and n in folders]
+            if clash:
+                log.error("config %s: edit refused: endpoint(s) %s would load the table of a landing folder",
+                          self.config_path, ", ".join(clash))
+                return
+            removed = [self.queries.pop(f"endpoint:{name}", None) for name in old.keys() - new.keys()]
+        for q in removed:
             if q is not None:
                 self._stop_query(q)
-            log.info("endpoint=%s: removed from the config; polling stopped", name)
+                log.info("endpoint=%s: removed from the config; polling stopped", q.table)
         for name, endpoint in new.items():
             if name not in old:
                 self._add_endpoint(endpoint)
@@ -479,6 +486,7 @@ class ConfigWatch:
     def __init__(self, path: str):
         self.path = Path(path).resolve()
         self._changed_at: float | None = None
+        self._lock = threading.Lock()
         self._observer = None
 
     def start(self) -> "ConfigWatch":
@@ -489,10 +497,13 @@ class ConfigWatch:
 
         class _Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:
+                # Reads (our own reload included) report opened / closed_no_write: not edits.
+                if event.event_type not in ("modified", "created", "moved", "closed"):
+                    return
                 paths = {getattr(event, "src_path", ""), getattr(event, "dest_path", "")}
-                if any(p and Path(os.fsdecode(p)).resolve() == watch.path for p in paths) and \
-                        event.event_type != "opened":
-                    watch._changed_at = time.monotonic()
+                if any(p and Path(os.fsdecode(p)).resolve() == watch.path for p in paths):
+                    with watch._lock:
+                        watch._changed_at = time.monotonic()
 
         self._observer = Observer()
         self._observer.schedule(_Handler(), str(self.path.parent), recursive=False)
@@ -502,11 +513,12 @@ class ConfigWatch:
 
     def due(self) -> bool:
         """True once, when the file changed and has been quiet for SETTLE_SECONDS."""
-        changed = self._changed_at
-        if changed is None or time.monotonic() - changed < self.SETTLE_SECONDS:
-            return False
-        self._changed_at = None
-        return True
+        with self._lock:
+            changed = self._changed_at
+            if changed is None or time.monotonic() - changed < self.SETTLE_SECONDS:
+                return False
+            self._changed_at = None
+            return True
 
     def stop(self) -> None:
         if self._observer is not None:

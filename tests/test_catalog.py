@@ -27,7 +27,8 @@ def truth(db, table: str) -> dict:
             f'FROM {{s}}."{table}"')[0]
         mean = db.scalar(f'SELECT avg("{name}")::float8 FROM {{s}}."{table}"') if kind in (
             "integer", "bigint", "numeric", "double precision", "smallint", "real") else None
-        top = db.query(f'SELECT "{name}"::text, count(*) FROM {{s}}."{table}" WHERE "{name}" IS NOT NULL '
+        key = f'trim_scale("{name}")::text' if kind == "numeric" else f'"{name}"::text'
+        top = db.query(f'SELECT {key}, count(*) FROM {{s}}."{table}" WHERE "{name}" IS NOT NULL '
                        f'GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10')
         out["columns"][name] = {"null_count": nulls, "distinct": distinct, "min": lo, "max": hi, "mean": mean,
                                 "top": [list(t) for t in top]}
@@ -48,7 +49,9 @@ def assert_catalog_true(db, settings, dataset: str) -> dict:
         else:
             assert column["distinct_count"] == want["distinct"], where
         low, high = column["min"], column["max"]
-        if isinstance(want["min"], (dt.date, dt.datetime)):
+        if isinstance(want["min"], dt.datetime):
+            low, high = dt.datetime.fromisoformat(low), dt.datetime.fromisoformat(high)
+        elif isinstance(want["min"], dt.date):
             low, high = dt.date.fromisoformat(low), dt.date.fromisoformat(high)
         if isinstance(want["min"], Decimal):
             want = {**want, "min": float(want["min"]), "max": float(want["max"])}
@@ -197,3 +200,34 @@ def test_catalog_views_are_queryable(db, make_settings, tmp_path):
                     "ORDER BY ordinal") == [("k", 2, False, None), ("n", 3, False, 2.0)]
     assert db.scalar("SELECT rows_loaded FROM {c}.load_history") == 3
     assert db.scalar("SELECT cause FROM {c}.schema_history") == "v.csv"
+
+
+def test_equal_values_count_once_and_widening_recomputes(db, make_settings, tmp_path):
+    settings = make_settings()
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("price,day\n1.5,2024-01-01\n1.50,2024-01-01\n2,2024-01-02\n")  # rows 1 and 2 are duplicates
+    b.write_text("price,day\n1.500,2024-01-01 00:00:00\n3,2024-01-03 10:00:00\n")  # day widens to timestamp
+    load(settings, "prices", a, batch_id=0)
+    doc = assert_catalog_true(db, settings, "prices")
+    price = next(c for c in doc["columns"] if c["name"] == "price")
+    assert price["distinct_count"] == 2 and [t["value"] for t in price["top_values"]] == ["1.5", "2"]
+    load(settings, "prices", b, batch_id=1)
+    assert db.columns("prices")["day"] == "timestamp without time zone"
+    doc = assert_catalog_true(db, settings, "prices")
+    day = next(c for c in doc["columns"] if c["name"] == "day")
+    assert day["distinct_count"] == 3 and day["top_values"][0] == {"value": "2024-01-01 00:00:00", "count": 2}
+
+
+def test_statistics_from_before_an_upgrade_are_recomputed_once(db, make_settings, tmp_path):
+    settings = make_settings()
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,v\n" + "".join(f"{i},{i % 7}\n" for i in range(100)))
+    b.write_text("id,v\n" + "".join(f"{i},\n" for i in range(100, 110)))
+    load(settings, "legacy", a, batch_id=0)
+    # What a catalog written before column statistics existed looks like after its upgrade.
+    db.query("UPDATE {c}.columns SET null_count = 0, non_null_count = 0, distinct_count = 0, min_value = NULL, "
+             "max_value = NULL, value_sum = NULL, top_values = '{{}}'; DELETE FROM {c}.column_hll; "
+             "UPDATE {c}.datasets SET stats_stale = true")
+    load(settings, "legacy", b, batch_id=1)
+    assert_catalog_true(db, settings, "legacy")
+    assert db.scalar("SELECT stats_stale FROM {c}.datasets") is False

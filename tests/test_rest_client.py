@@ -595,3 +595,17 @@ def test_rest_server_records_requests_and_reports_handler_errors():
         assert requests.get(srv.url("/echo"), timeout=5).status_code == 404  # POST only
         assert requests.get(srv.url("/fail"), timeout=5).status_code == 500
         assert srv.count() == 3 and srv.count("/echo") == 2 and isinstance(srv.errors[0], ZeroDivisionError)
+
+
+def test_an_api_key_header_is_not_sent_to_another_host_on_redirect(rest_server, monkeypatch):
+    from tests.restserver import RestServer
+
+    monkeypatch.setenv("DATAOPS_TEST_REDIRECT_KEY", "k-e-y-value")
+    with RestServer() as other:
+        other.route("/moved", json_response([{"id": 1}]))
+        rest_server.route("/items", (302, {"Location": other.url("/moved")}, b""))
+        ep = endpoint(rest_server.url("/items"), auth={"type": "api_key", "name": "X-Api-Key", "in": "header",
+                                                       "value_env": "DATAOPS_TEST_REDIRECT_KEY"})
+        assert poll(ep).records == [{"id": 1}]
+        assert rest_server.last("/items").headers.get("X-Api-Key") == "k-e-y-value"
+        assert "X-Api-Key" not in other.last("/moved").headers

@@ -115,11 +115,12 @@ def test_records_are_flattened_typed_and_quarantined(db, make_settings, spark):
          "private": True, "created": "2024-02-03T00:00:00Z", "note": None, "extra": {"deep": [1]}},
         {"id": None, "Full Name": "no key"},
         {"id": 1, "Full Name": "a/b renamed", "owner": {"login": "ann"}, "stars": 11},
+        {"id": 5, "Full Name": "nul\u0000inside"},  # PostgreSQL cannot store NUL: quarantined
     ]
     df = spark.createDataFrame([(json.dumps(r), i) for i, r in enumerate(records)], "record string, seq bigint")
     ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
     result = load_records(ctx, endpoint, df.repartition(2), f"test:{uuid.uuid4()}", 0)
-    assert (result.rows_in, result.loaded, result.quarantined, result.duplicates) == (4, 2, 1, 1)
+    assert (result.rows_in, result.loaded, result.quarantined, result.duplicates) == (5, 2, 2, 1)
     types = db.columns("repos")
     assert types["owner__login"] == "text" and types["owner__address"] == "jsonb" and types["tags"] == "jsonb"
     assert types["full_name"] == "text" and types["private"] == "boolean" and types["stars"] == "integer"
@@ -128,8 +129,9 @@ def test_records_are_flattened_typed_and_quarantined(db, make_settings, spark):
                    "ORDER BY id")
     assert got == [(1, "a/b renamed", "ann", None, None, 11, None, None),
                    (2, "c/d", "bob", None, [], 3, True, None)]
-    assert db.query("SELECT reason, record->>'full_name' FROM {c}.quarantine") == [
-        ("NULL in primary key column id", "no key")]
+    assert db.query("SELECT reason, record->>'full_name' FROM {c}.quarantine ORDER BY line") == [
+        ("NULL in primary key column id", "no key"),
+        ("the record holds a NUL character or an unpaired surrogate, which PostgreSQL cannot store", None)]
     assert db.scalar("SELECT source_name FROM {c}.columns WHERE name = 'owner__login'") == "owner.login"
 
 

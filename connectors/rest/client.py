@@ -300,6 +300,20 @@ class _ResumeMismatch(Exception):
     """``resume`` does not fit the pagination type; becomes EndpointError(kind="resume")."""
 
 
+class _Session(requests.Session):
+    """A session that drops every credential header, not only ``Authorization``, when a redirect
+    leaves the configured host (``requests`` strips only ``Authorization`` itself)."""
+
+    credential_headers: set[str] = set()
+    origin: tuple | None = None
+
+    def rebuild_auth(self, prepared_request, response) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.origin is not None and _origin(prepared_request.url) != self.origin:
+            for name in self.credential_headers:
+                prepared_request.headers.pop(name, None)
+
+
 class _Poller:
     """One poll: credentials read once, a session, and the retry loop around each request."""
 
@@ -314,8 +328,11 @@ class _Poller:
         self.auth_param: tuple[str, str] | None = None
         self._read_credentials()
         self.own_session = session is None
-        self.session = session or requests.Session()
+        self.session = session or _Session()
         self.origin = _origin(endpoint.url)
+        if isinstance(self.session, _Session):
+            self.session.credential_headers = set(self.auth_headers)
+            self.session.origin = self.origin
 
     def close(self) -> None:
         if self.own_session:

@@ -14,16 +14,18 @@ Flattening: keys of nested objects join with ``__`` (``owner.login`` -> ``owner_
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from connectors.csvfile import CHUNK_ROWS, FileReport, FileTask, _ParsedFile, copy_to_stage, run_file_task
+from connectors.csvfile import CHUNK_ROWS, RESCUED, FileReport, FileTask, _ParsedFile, copy_to_stage, run_file_task
 from streaming.errors import FileRejected
 from streaming.naming import nested_identifier, unique_names
 from streaming.schema import ColumnTyper, bool_token_set
 
 JSON = "jsonb"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 SEP = "\x1f"  # joins the keys of a nested field's path (no JSON key of a sane API holds it)
@@ -47,6 +49,16 @@ def _walk(obj: dict, prefix: str, depth: int, out: dict) -> None:
             _walk(value, prefix + key + SEP, depth - 1, out)
         else:
             out[prefix + key] = value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _text(value: Any) -> str:
@@ -96,6 +108,12 @@ class _ParsedRecords(_ParsedFile):
         self.columns = []  # for quarantine records until the columns are known
         loads = json.loads
         for text, seq in rows:
+            if ("\\u0000" in text and _has_nul(loads(text))) or _SURROGATE.search(text):
+                # PostgreSQL text cannot hold NUL, nor UTF-8 an unpaired surrogate.
+                shown = text[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
+                self._quarantine(seq, None, shown, "the record holds a NUL character or an unpaired surrogate, "
+                                                   "which PostgreSQL cannot store", None)
+                continue
             fields = flatten(loads(text), depth)
             if not fields:
                 self._quarantine(seq, None, text[:1000], "the record has no fields", None)
@@ -105,6 +123,9 @@ class _ParsedRecords(_ParsedFile):
         # A key no record has: the column exists, and every row is quarantined for its NULL key.
         names = {nested_identifier(tuple(p.split(SEP))) for p in paths}
         paths.update(dict.fromkeys(k for k in task.primary_key if k not in names))
+        if task.policy != "evolve":
+            # An optional field absent from every record of this partition is NULL, not a schema change.
+            paths.update(dict.fromkeys(c for c in task.table_types if c not in names and c != RESCUED))
         order = list(paths)
         self.source_names = [p.replace(SEP, ".") for p in order]
         self.columns = unique_names([nested_identifier(tuple(p.split(SEP))) for p in order])

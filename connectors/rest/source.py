@@ -27,9 +27,12 @@ and poll outcome as a datagram on a Unix socket the daemon listens on (:mod:`con
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import re
 import time
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
@@ -43,6 +46,10 @@ __all__ = ["RestDataSource", "RestStreamReader", "SOURCE_NAME", "SCHEMA"]
 SOURCE_NAME = "dataops_rest"
 SCHEMA = "record string, seq bigint"
 MAX_SEEN = 10_000
+OVERWRITE_MAX_PAGES = 1_000_000  # an overwrite endpoint's poll reads to the last page (loops are caught)
+REFETCH_PAGE_FACTOR = 10
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 class RecordsPartition(InputPartition):
@@ -99,17 +106,23 @@ class RestStreamReader(DataSourceStreamReader):
         self._last_poll = now
         since, base_seen, resume = self._chain_start(start)
         try:
-            result = poll(self.endpoint, since=since, resume=resume, on_request=self.events.request,
-                          on_retry=self.events.retry)
-        except EndpointError as exc:
-            if exc.kind == "resume":  # the pagination settings changed: start the pages over
-                start = {**start, "chain": None}
+            try:
+                result = self._poll(since, resume)
+            except EndpointError as exc:
+                if exc.kind != "resume" or resume is None:
+                    raise
+                # The pagination settings changed since the checkpoint: start this poll's pages over.
                 self.events.error("resume", f"{exc}; starting the pages over")
-                return start
+                start = {**start, "chain": None}
+                since, base_seen, resume = self._chain_start(start)
+                result = self._poll(since, None)
+        except EndpointError as exc:
             self.events.error(exc.kind, str(exc))
             return start
         except Exception as exc:  # a bug must not kill the query; it is reported and retried next poll
-            self.events.error("internal", f"endpoint {self.endpoint.name}: {type(exc).__name__}: {exc}")
+            # Only the type and place: the message of an unexpected error could hold a URL with a key.
+            where = exc.__traceback__.tb_frame.f_code.co_filename if exc.__traceback__ else "?"
+            self.events.error("internal", f"endpoint {self.endpoint.name}: unexpected {type(exc).__name__} in {where}")
             return start
         records, cursor, seen = self._new_records(result.records, since, base_seen, start)
         self.events.poll(len(records), result.pages)
@@ -120,6 +133,13 @@ class RestStreamReader(DataSourceStreamReader):
             return start
         self._fetched[_key(end)] = records
         return end
+
+    def _poll(self, since: Any, resume: dict | None, max_pages: int | None = None):
+        # An overwrite replaces the table with each batch, so its batch must hold the whole response.
+        if max_pages is None and self.endpoint.mode == "overwrite":
+            max_pages = OVERWRITE_MAX_PAGES
+        return poll(self.endpoint, since=since, resume=resume, max_pages=max_pages,
+                    on_request=self.events.request, on_retry=self.events.retry)
 
     def _chain_start(self, start: dict) -> tuple[Any, str, dict | None]:
         chain = start.get("chain")
@@ -168,11 +188,29 @@ class RestStreamReader(DataSourceStreamReader):
                 for a in range(0, len(texts), size)]
 
     def _refetch(self, start: dict, end: dict) -> list:
-        """A batch replayed after a restart: fetch its range again, bounded by its end offset."""
+        """A batch replayed after a restart: fetch its range again, bounded by its end offset.
+
+        The API may hold more than when the batch was planned, so pages are followed past
+        ``max_pages_per_batch`` (up to ten times that) until the end offset's mark is passed.
+        """
         since, base_seen, resume = self._chain_start(start)
-        result = poll(self.endpoint, since=since, resume=resume, on_request=self.events.request,
-                      on_retry=self.events.retry)
-        records, _, _ = self._new_records(result.records, since, base_seen, start)
+        fetched: list = []
+        limit = self.endpoint.max_pages_per_batch * REFETCH_PAGE_FACTOR
+        pages = 0
+        while True:
+            try:
+                result = self._poll(since, resume)
+            except EndpointError as exc:
+                if exc.kind != "resume" or resume is None:
+                    raise
+                resume = None
+                continue
+            fetched.extend(result.records)
+            pages += result.pages
+            if result.done or pages >= limit or self._past(result.records, end):
+                break
+            resume = result.resume
+        records, _, _ = self._new_records(fetched, since, base_seen, start)
         inc = self.endpoint.incremental
         if inc is None or end.get("cursor") is None:
             return records
@@ -186,6 +224,15 @@ class RestStreamReader(DataSourceStreamReader):
                     continue
             kept.append(record)
         return kept
+
+    def _past(self, records: list, end: dict) -> bool:
+        """Whether a page went beyond the end offset's mark (APIs sorted by the cursor)."""
+        inc = self.endpoint.incremental
+        if inc is None or end.get("cursor") is None:
+            return False
+        limit = _order(end["cursor"])
+        return any(_order(v) > limit for v in (_cursor_of(r, inc.cursor_field) for r in records)
+                   if v is not _MISSING and v is not None)
 
     def read(self, partition: RecordsPartition):
         yield from partition.rows
@@ -207,14 +254,26 @@ def _cursor_of(record: Any, path: str) -> Any:
 
 
 def _order(value: Any) -> tuple:
-    """Cursor values compare as numbers when they are numbers, else as text (ISO 8601 sorts)."""
+    """A cursor value's sort key: numbers (also as text, like ``initial_value: "0"``) compare as exact
+    decimals, ISO 8601 timestamps as instants (``…00Z`` before ``…00.5Z``, naive ones as UTC), anything
+    else as text; a number sorts before a timestamp, a timestamp before text."""
     if value is None:
-        return (-1, "")
-    if isinstance(value, bool):
-        return (0, float(value))
-    if isinstance(value, (int, float)):
-        return (0, float(value))
-    return (1, str(value))
+        return (-1, 0)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return (0, Decimal(str(value)))
+        except InvalidOperation:
+            return (3, str(value))
+    text = str(value).strip()
+    if _NUMBER.fullmatch(text):
+        return (0, Decimal(text))
+    if _TIMESTAMP.match(text):
+        try:
+            stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return (2, text)
+        return (1, stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc))
+    return (2, text)
 
 
 def _digest(record: Any) -> str:

@@ -1,0 +1,95 @@
+"""The endpoint stream reader's offsets, driven directly (as Spark's driver-side runner calls it)."""
+
+from __future__ import annotations
+
+import json
+
+from connectors.rest.source import RestStreamReader
+from streaming.config import EndpointConfig
+from tests.restserver import json_response, rest_server_fixture  # noqa: F401
+
+
+def reader(url, **extra) -> RestStreamReader:
+    entry = {"name": "things", "url": url, "poll_interval": "1ms", "max_retries": 0, **extra}
+    return RestStreamReader(EndpointConfig.model_validate(entry), parallelism=2)
+
+
+def batch(r: RestStreamReader, start: dict) -> tuple[dict, list]:
+    end = r.latestOffset(start, None)
+    records = [json.loads(text) for p in r.partitions(start, end) for text, _ in p.rows]
+    r.commit(end)
+    return end, records
+
+
+def test_numeric_cursor_with_a_text_initial_value(rest_server):
+    items = [{"id": i} for i in range(1, 6)]
+
+    def handle(request):
+        since = int(request.arg("since_id", "0"))
+        return json_response([i for i in items if i["id"] >= since])
+
+    rest_server.route("/things", handle)
+    r = reader(rest_server.url("/things"), incremental={"cursor_field": "id", "param": "since_id", "initial_value": "0"})
+    start = r.initialOffset()
+    end, records = batch(r, start)
+    assert [x["id"] for x in records] == [1, 2, 3, 4, 5] and end["cursor"] == 5
+    items.append({"id": 10})  # 10 sorts after 5 as a number, not as text
+    end2, records = batch(r, end)
+    assert [x["id"] for x in records] == [10]
+    assert rest_server.last("/things").arg("since_id") == "5"
+    assert r.latestOffset(end2, None) == end2  # nothing new: no batch
+
+
+def test_timestamps_compare_as_instants(rest_server):
+    items = [{"id": 1, "at": "2024-01-01T00:00:00Z"}]
+    rest_server.route("/things", lambda req: json_response(items))  # an API that ignores "since"
+    r = reader(rest_server.url("/things"), incremental={"cursor_field": "at", "param": "since"})
+    end, records = batch(r, r.initialOffset())
+    assert len(records) == 1
+    items.append({"id": 2, "at": "2024-01-01T00:00:00.5Z"})  # later, though it sorts earlier as text
+    _, records = batch(r, end)
+    assert [x["id"] for x in records] == [2]
+
+
+def test_a_checkpointed_chain_of_another_pagination_starts_over(rest_server):
+    rest_server.route("/things", lambda req: json_response([{"id": 1}, {"id": 2}]))
+    r = reader(rest_server.url("/things"))  # no pagination now
+    start = {"cursor": None, "seen": "", "chain": {"since": None, "seen": "", "resume": {"page": 3}}, "polls": 4}
+    end, records = batch(r, start)
+    assert [x["id"] for x in records] == [1, 2] and end["chain"] is None
+
+
+def test_overwrite_reads_every_page_in_one_batch(rest_server):
+    def handle(request):
+        page = int(request.arg("page", "1"))
+        return json_response([{"id": page}] if page <= 5 else [])
+
+    rest_server.route("/things", handle)
+    r = reader(rest_server.url("/things"), mode="overwrite", max_pages_per_batch=2,
+               pagination={"type": "page_number", "param": "page"})
+    end, records = batch(r, r.initialOffset())
+    assert [x["id"] for x in records] == [1, 2, 3, 4, 5] and end["chain"] is None
+
+
+def test_a_replayed_batch_is_fetched_again_up_to_its_end(rest_server):
+    items = [{"id": i, "at": f"2024-01-0{i}"} for i in range(1, 4)]
+    rest_server.route("/things", lambda req: json_response([i for i in items if i["at"] >= req.arg("since", "")]))
+    r = reader(rest_server.url("/things"), incremental={"cursor_field": "at", "param": "since"})
+    start = r.initialOffset()
+    end = r.latestOffset(start, None)
+    items.append({"id": 4, "at": "2024-01-04"})  # arrives before the replay
+    fresh = reader(rest_server.url("/things"), incremental={"cursor_field": "at", "param": "since"})  # a restart
+    replayed = [json.loads(t)["id"] for p in fresh.partitions(start, end) for t, _ in p.rows]
+    assert replayed == [1, 2, 3]  # id 4 belongs to the next batch
+    _, records = batch(fresh, end)
+    assert [x["id"] for x in records] == [4]
+
+
+def test_errors_are_reported_and_the_offset_stays(rest_server):
+    rest_server.route("/things", lambda req: (500, {}, "down"))
+    events = []
+    r = reader(rest_server.url("/things"))
+    r.events.error = lambda kind, message: events.append((kind, message))
+    start = r.initialOffset()
+    assert r.latestOffset(start, None) == start
+    assert events and events[0][0] == "http_5xx" and "endpoint things" in events[0][1]
