@@ -1,7 +1,7 @@
 """Column statistics of the catalog, kept exact batch by batch inside the merge transaction.
 
 Each committed batch changes a table by a set of *added* rows and, for upserts, a set of *removed*
-rows (the old versions of the rows it replaced). Both sets sit in temporary tables of the merge
+rows (the old versions of the rows it replaced). Both sets sit in work tables of the merge
 transaction, so every statistic is updated from them at a cost proportional to the batch:
 
 * row, null and non-null counts, sums (for means) and value counts of low-cardinality columns are
