@@ -50,6 +50,7 @@ class _Query:
     endpoint: EndpointConfig | None = None  # set for a REST endpoint's query
     last_error: str | None = None  # the endpoint's last failed poll, cleared by a good one
     error_repeats: int = 0
+    stopping: threading.Thread | None = None  # a stop in progress (config change): no restart before it ends
 
     @property
     def key(self) -> str:
@@ -65,6 +66,7 @@ class Daemon:
         self.config_path = config_path
         self._config_watch: ConfigWatch | None = None
         self._events: EventReceiver | None = None
+        self._stoppers: list[threading.Thread] = []  # queries of removed or changed endpoints, stopping
         self.metrics = metrics or Metrics()
         self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics)
         self.grace_seconds = grace_seconds
@@ -191,6 +193,8 @@ class Daemon:
         deadline = time.monotonic() + self.grace_seconds
         while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
+        for stopper in self._stoppers:
+            stopper.join(timeout=max(0.0, deadline - time.monotonic()))
         for q in self.queries.values():
             if q.batch_active:
                 log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
@@ -235,13 +239,22 @@ class Daemon:
                         "incremental", endpoint.name)
 
     def _stop_query(self, q: _Query) -> None:
-        if q.query is not None:
+        """Stop a query in the background: its batch in flight may wait out PostgreSQL or a
+        Retry-After, and supervision must go on meanwhile. ``q`` restarts only once it stopped."""
+        query, q.query = q.query, None
+        self.metrics.query_up.labels(q.table).set(0)
+        if query is None:
+            return
+
+        def stop() -> None:
             try:
-                q.query.stop()
+                query.stop()
             except Exception as exc:  # stopping a failed query can raise; nothing left to do
                 log.debug("dataset=%s: stop: %s", q.dataset, exc)
-            q.query = None
-        self.metrics.query_up.labels(q.table).set(0)
+
+        q.stopping = threading.Thread(target=stop, name=f"dataops-stop-{q.table}", daemon=True)
+        q.stopping.start()
+        self._stoppers = [t for t in self._stoppers if t.is_alive()] + [q.stopping]
 
     def _reload_config(self) -> None:
         """Apply an edited config file's endpoints: add, remove and restart changed ones."""
@@ -314,6 +327,10 @@ class Daemon:
                 self.metrics.files_pending.labels(q.table).set(self.landing.pending_count(q.dataset))
             if q.query is not None and q.query.isActive:
                 continue
+            if q.stopping is not None:
+                if q.stopping.is_alive():
+                    continue
+                q.stopping = None
             if q.query is not None:
                 self._query_failed(q, now)
             if now >= q.restart_at and not self.stop_event.is_set():
