@@ -157,13 +157,9 @@ def _stage_file(task: FileTask) -> FileReport:
     encoding = task.encoding or detect_encoding(task.path, task.name, task.options.get("encoding"))
     parsed = _ParsedFile(task, encoding)
     copy_to_stage(task, parsed)
-    mismatch = parsed.type_mismatch()
+    mismatch = mismatch_report(task, parsed)
     if mismatch:
-        return FileReport(task.name, task.path, task.seq, "rejected", "schema_mismatch",
-                          f"{task.name}: values need wider types than table {task.dataset} has and "
-                          f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
-                                                                     for c, d in mismatch.items()),
-                          diff={"changed_types": mismatch})
+        return mismatch
     if parsed.staged == 0 and parsed.quarantined == 0 and task.header is None:
         return FileReport(task.name, task.path, task.seq, "rejected", "header_only",
                           f"{task.name}: the file has a header but no data rows")
@@ -172,6 +168,19 @@ def _stage_file(task: FileTask) -> FileReport:
         columns=parsed.report_columns(),
         staged_rows=parsed.staged, quarantined_rows=parsed.quarantined, bad_cut=parsed.bad_cut,
     )
+
+
+def mismatch_report(task: FileTask, parsed: "_ParsedFile") -> FileReport | None:
+    """Policy fail: the rejection of a task whose values need wider types than the table has."""
+    mismatch = parsed.type_mismatch()
+    if not mismatch:
+        return None
+    return FileReport(task.name, task.path, task.seq, "rejected", "schema_mismatch",
+                      f"{task.name}: values need wider types than table {task.dataset} has and "
+                      f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
+                                                                 for c, d in mismatch.items()),
+                      diff={"changed_types": mismatch}, columns=parsed.report_columns(),
+                      staged_rows=parsed.staged, quarantined_rows=parsed.quarantined)
 
 
 def copy_to_stage(task: FileTask, parsed: "_ParsedFile") -> None:

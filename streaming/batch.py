@@ -57,18 +57,6 @@ class LoadContext:
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
                config: DatasetConfig | None = None, source: str | None = None) -> postgres.MergeResult:
-    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _load)."""
-    try:
-        return _load(ctx, dataset, files, stream, batch_id, config, source)
-    except ShutdownRequested:
-        raise
-    except BaseException:
-        ctx.metrics.batches.labels(normalize_dataset_name(dataset), "failed").inc()
-        raise
-
-
-def _load(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
-          config: DatasetConfig | None, source: str | None) -> postgres.MergeResult:
     """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit)."""
     cfg = config or ctx.settings.dataset(dataset)
     options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
@@ -87,37 +75,43 @@ def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, ba
 
     Each Spark partition is staged by a task on an executor; only its small report comes back.
     """
-    try:
-        options = {"null_tokens": list(endpoint.null_tokens), "true_tokens": endpoint.true_tokens,
-                   "false_tokens": endpoint.false_tokens, "date_formats": list(endpoint.date_formats),
-                   "flatten_depth": endpoint.flatten_depth}
+    options = {"null_tokens": list(endpoint.null_tokens), "true_tokens": endpoint.true_tokens,
+               "false_tokens": endpoint.false_tokens, "date_formats": list(endpoint.date_formats),
+               "flatten_depth": endpoint.flatten_depth}
 
-        def stage(template: FileTask, token: str) -> list[FileReport]:
-            template = dataclasses.replace(template, name=f"endpoint {endpoint.name} batch {batch_id}",
-                                           path=mask_url(endpoint.url))
+    def stage(template: FileTask, token: str) -> list[FileReport]:
+        template = dataclasses.replace(template, name=f"endpoint {endpoint.name} batch {batch_id}",
+                                       path=mask_url(endpoint.url))
 
-            def run(index: int, rows):
-                rows = [(r[0], r[1]) for r in rows]
-                if rows:
-                    stage_table, quarantine = postgres.stage_names(token, index)
-                    # seq 0 for every part: rows order by their position in the batch (_ord) alone, so
-                    # the last occurrence of a key wins however Spark partitioned the records.
-                    yield run_records_task(dataclasses.replace(
-                        template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
+        def run(index: int, rows):
+            rows = [(r[0], r[1]) for r in rows]
+            if rows:
+                stage_table, quarantine = postgres.stage_names(token, index)
+                # seq 0 for every part: rows order by their position in the batch (_ord) alone, so
+                # the last occurrence of a key wins however Spark partitioned the records.
+                yield run_records_task(dataclasses.replace(
+                    template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
 
-            ctx.spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
-            return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
+        ctx.spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
+        return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
 
-        return _commit(ctx, endpoint.name, endpoint, options, stream, batch_id, mask_url(endpoint.url), stage, 0)
-    except ShutdownRequested:
-        raise
-    except BaseException:
-        ctx.metrics.batches.labels(endpoint.name, "failed").inc()
-        raise
+    return _commit(ctx, endpoint.name, endpoint, options, stream, batch_id, mask_url(endpoint.url), stage, 0)
 
 
 def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
             stage, files: int) -> postgres.MergeResult:
+    """Stage and merge a batch (see _commit_batch); a batch that fails is counted in the metrics."""
+    try:
+        return _commit_batch(ctx, table, cfg, options, stream, batch_id, source, stage, files)
+    except ShutdownRequested:
+        raise
+    except BaseException:
+        ctx.metrics.batches.labels(table, "failed").inc()
+        raise
+
+
+def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
+                  stage, files: int) -> postgres.MergeResult:
     """Stage a batch with ``stage(template, token)`` and merge it, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("dataops")
@@ -97,31 +100,29 @@ def _setup_logging(settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _dsn(settings):
-    """The configured DSN, or a private embedded PostgreSQL's (started if needed)."""
+@contextlib.contextmanager
+def _database(settings) -> Iterator[str]:
+    """The configured DSN, or a private embedded PostgreSQL's, started for the command and stopped after."""
     if settings.dsn:
-        return settings.dsn, None
+        yield settings.dsn
+        return
     from streaming.embedded import EmbeddedPostgres
 
     embedded = EmbeddedPostgres()
     dsn = embedded.start()
     print(f"dataops: no postgres.dsn configured; using embedded PostgreSQL at {dsn}", file=sys.stderr)
-    return dsn, embedded
+    try:
+        yield dsn
+    finally:
+        embedded.stop()
 
 
 def cmd_run(args, settings) -> int:
     from streaming.daemon import Daemon
 
-    dsn, embedded = _dsn(settings)
-    import os
-
     config_path = args.config or os.environ.get("DATAOPS_CONFIG")
-    daemon = Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP, config_path=config_path)
-    try:
-        return daemon.run()
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with _database(settings) as dsn:
+        return Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP, config_path=config_path).run()
 
 
 def cmd_ingest(args, settings) -> int:
@@ -141,8 +142,7 @@ def cmd_ingest(args, settings) -> int:
     if cfg.mode == "upsert" and not cfg.primary_key:
         print("dataops: --mode upsert needs --key COL (or datasets.<name>.primary_key in config)", file=sys.stderr)
         return 2
-    dsn, embedded = _dsn(settings)
-    try:
+    with _database(settings) as dsn:
         pg = settings.postgres
         postgres.ensure_catalog(dsn, pg.catalog_schema, pg.schema_name)
         spark = None
@@ -159,9 +159,6 @@ def cmd_ingest(args, settings) -> int:
         seconds = time.monotonic() - started
         if spark is not None:
             spark.stop()
-    finally:
-        if embedded is not None:
-            embedded.stop()
     rejected = [f for f in result.files if f["status"] == "rejected"]
     summary = {
         "dataset": args.dataset, "load_id": result.load_id, "rows_in": result.rows_in, "loaded": result.loaded,
@@ -179,12 +176,8 @@ def _progress(message: str) -> None:
 def cmd_catalog_list(args, settings) -> int:
     from streaming import catalog
 
-    dsn, embedded = _dsn(settings)
-    try:
+    with _database(settings) as dsn:
         rows = catalog.list_datasets(dsn, settings)
-    finally:
-        if embedded is not None:
-            embedded.stop()
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
     else:
@@ -196,12 +189,8 @@ def cmd_catalog_list(args, settings) -> int:
 def cmd_catalog_show(args, settings) -> int:
     from streaming import catalog
 
-    dsn, embedded = _dsn(settings)
-    try:
+    with _database(settings) as dsn:
         doc = catalog.show_dataset(dsn, settings, args.dataset)
-    finally:
-        if embedded is not None:
-            embedded.stop()
     if doc is None:
         print(f"dataops: no dataset {args.dataset!r} in the catalog", file=sys.stderr)
         return 1
@@ -226,12 +215,8 @@ def cmd_catalog_show(args, settings) -> int:
 def cmd_catalog_refresh(args, settings) -> int:
     from streaming import catalog
 
-    dsn, embedded = _dsn(settings)
-    try:
+    with _database(settings) as dsn:
         summary = catalog.refresh_dataset(dsn, settings, args.dataset)
-    finally:
-        if embedded is not None:
-            embedded.stop()
     print(json.dumps(summary))
     return 0
 

@@ -200,10 +200,7 @@ class Daemon:
                 log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
                             "restart)", q.dataset, self.grace_seconds)
             if q.query is not None:
-                try:
-                    q.query.stop()
-                except Exception as exc:  # stopping a failed query can raise; nothing left to do
-                    log.debug("dataset=%s: stop: %s", q.dataset, exc)
+                _stop_quietly(q.query, q.dataset)
             self.metrics.query_up.labels(q.table).set(0)
         if self._events is not None:
             self._events.stop()
@@ -246,13 +243,8 @@ class Daemon:
         if query is None:
             return
 
-        def stop() -> None:
-            try:
-                query.stop()
-            except Exception as exc:  # stopping a failed query can raise; nothing left to do
-                log.debug("dataset=%s: stop: %s", q.dataset, exc)
-
-        q.stopping = threading.Thread(target=stop, name=f"dataops-stop-{q.table}", daemon=True)
+        q.stopping = threading.Thread(target=_stop_quietly, args=(query, q.dataset), name=f"dataops-stop-{q.table}",
+                                      daemon=True)
         q.stopping.start()
         self._stoppers = [t for t in self._stoppers if t.is_alive()] + [q.stopping]
 
@@ -354,7 +346,45 @@ class Daemon:
         inbox = self.landing.inbox(dataset)
         inbox.mkdir(parents=True, exist_ok=True)
         cfg = self.settings.dataset(dataset)
-        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / "landing" / q.table
+
+        def load_batch(df, batch_id: int, stream: str) -> None:
+            paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
+            if paths:
+                files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
+                self._load_with_retry(dataset, files, stream, batch_id)
+
+        # Overwrite loads one file per batch, so each file replaces the table in arrival order.
+        max_files = 1 if cfg.mode == "overwrite" else self.settings.landing.max_files_per_batch
+        # maxFileAge: the landing watcher stamps arrival time on every file, and none may be skipped.
+        stream = (self.spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
+                  .option("maxFilesPerTrigger", max_files).option("maxFileAge", "36500d")
+                  .load(str(inbox)).select("path"))
+        self._launch(q, stream, "landing", f"dataset {dataset}", int(self.settings.spark.trigger_seconds * 1000),
+                     load_batch)
+
+    def _start_endpoint(self, q: _Query) -> None:
+        endpoint = q.endpoint
+
+        def load_batch(df, batch_id: int, stream: str) -> None:
+            self._retry_transient(f"endpoint {endpoint.name}", batch_id,
+                                  lambda: load_records(self.ctx, endpoint, df, stream, batch_id))
+
+        stream = (self.spark.readStream.format(SOURCE_NAME)
+                  .option("endpoint", endpoint.model_dump_json(by_alias=True))
+                  .option("events", self._events.path if self._events else "")
+                  .option("parallelism", str(self.spark.sparkContext.defaultParallelism)).load())
+        # The reader polls at most once per poll_interval; the trigger only bounds how late it notices.
+        trigger_ms = int(max(0.1, min(endpoint.poll_interval, 1.0)) * 1000)
+        self._launch(q, stream, "endpoint", f"endpoint {endpoint.name}", trigger_ms, load_batch)
+
+    def _launch(self, q: _Query, stream, kind: str, what: str, trigger_ms: int, load_batch) -> None:
+        """Start ``q``'s query over ``stream``; each micro-batch runs ``load_batch(df, batch_id, stream_id)``.
+
+        ``stream_id`` (``<kind>:<table>:<query id>``) keys the exactly-once ledger; the query id comes
+        from Spark's checkpoint, ``<checkpoint_dir>/landing/<table>`` or ``<checkpoint_dir>/endpoints/<table>``.
+        """
+        folder = "landing" if kind == "landing" else "endpoints"
+        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / folder / q.table
         ready = threading.Event()
         ref: dict[str, str] = {}
 
@@ -364,75 +394,25 @@ class Daemon:
             try:
                 if self.ctx.stopping.is_set():
                     # Raising (not returning) keeps the batch uncommitted in Spark: it replays on restart.
-                    raise ShutdownRequested(f"dataset {dataset}: batch {batch_id} not started, stopping")
-                paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
-                if paths:
-                    files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
-                    self._load_with_retry(dataset, files, f"landing:{q.table}:{ref['id']}", batch_id)
+                    raise ShutdownRequested(f"{what}: batch {batch_id} not started, stopping")
+                load_batch(df, batch_id, f"{kind}:{q.table}:{ref['id']}")
             finally:
                 q.batch_active = False
 
-        # Overwrite loads one file per batch, so each file replaces the table in arrival order.
-        max_files = 1 if cfg.mode == "overwrite" else self.settings.landing.max_files_per_batch
-        # maxFileAge: the landing watcher stamps arrival time on every file, and none may be skipped.
-        stream = (self.spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
-                  .option("maxFilesPerTrigger", max_files).option("maxFileAge", "36500d")
-                  .load(str(inbox)).select("path"))
-        trigger = self.settings.spark.trigger_interval
         try:
             self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", q.table)
-            q.query = (stream.writeStream.queryName(f"landing_{q.table}").foreachBatch(on_batch)
-                       .option("checkpointLocation", str(checkpoint))
-                       .trigger(processingTime=f"{int(self.settings.spark.trigger_seconds * 1000)} milliseconds")
-                       .start())
-        except Exception as exc:
-            q.failures += 1
-            q.restart_at = time.monotonic() + min(MAX_BACKOFF_SECONDS, 2 ** q.failures)
-            log.error("dataset=%s: cannot start query: %s", dataset, _first_line(exc))
-            return
-        ref["id"] = str(q.query.id)
-        ready.set()
-        self.metrics.query_up.labels(q.table).set(1)
-        log.info("dataset=%s: query started (trigger %s, checkpoint %s)", dataset, trigger, checkpoint)
-
-    def _start_endpoint(self, q: _Query) -> None:
-        endpoint = q.endpoint
-        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / "endpoints" / q.table
-        ready = threading.Event()
-        ref: dict[str, str] = {}
-
-        def on_batch(df, batch_id: int) -> None:
-            ready.wait()
-            q.batch_active = True
-            try:
-                if self.ctx.stopping.is_set():
-                    raise ShutdownRequested(f"endpoint {endpoint.name}: batch {batch_id} not started, stopping")
-                stream = f"endpoint:{q.table}:{ref['id']}"
-                self._retry_transient(f"endpoint {endpoint.name}", batch_id,
-                                      lambda: load_records(self.ctx, endpoint, df, stream, batch_id))
-            finally:
-                q.batch_active = False
-
-        # The reader polls at most once per poll_interval; the trigger only bounds how late it notices.
-        trigger_ms = int(max(0.1, min(endpoint.poll_interval, 1.0)) * 1000)
-        try:
-            self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", q.table)
-            q.query = (self.spark.readStream.format(SOURCE_NAME)
-                       .option("endpoint", endpoint.model_dump_json(by_alias=True))
-                       .option("events", self._events.path if self._events else "")
-                       .option("parallelism", str(self.spark.sparkContext.defaultParallelism))
-                       .load().writeStream.queryName(f"endpoint_{q.table}").foreachBatch(on_batch)
+            q.query = (stream.writeStream.queryName(f"{kind}_{q.table}").foreachBatch(on_batch)
                        .option("checkpointLocation", str(checkpoint))
                        .trigger(processingTime=f"{trigger_ms} milliseconds").start())
         except Exception as exc:
             q.failures += 1
             q.restart_at = time.monotonic() + min(MAX_BACKOFF_SECONDS, 2 ** q.failures)
-            log.error("endpoint=%s: cannot start query: %s", endpoint.name, _first_line(exc))
+            log.error("%s: cannot start query: %s", what, _first_line(exc))
             return
         ref["id"] = str(q.query.id)
         ready.set()
         self.metrics.query_up.labels(q.table).set(1)
-        log.info("endpoint=%s: query started (checkpoint %s)", endpoint.name, checkpoint)
+        log.info("%s: query started (trigger %d ms, checkpoint %s)", what, trigger_ms, checkpoint)
 
     def _load_with_retry(self, dataset: str, files: list[LandedFile], stream: str, batch_id: int) -> None:
         """Load a batch of files, then archive or reject them."""
@@ -541,6 +521,13 @@ class ConfigWatch:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
+
+
+def _stop_quietly(query, dataset: str) -> None:
+    try:
+        query.stop()
+    except Exception as exc:  # stopping a failed query can raise; nothing left to do
+        log.debug("dataset=%s: stop: %s", dataset, exc)
 
 
 def _local_path(uri: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -120,3 +121,35 @@ def spark():
     session = create_session(settings)
     yield session
     session.stop()
+
+
+@pytest.fixture
+def run_daemon(spark):
+    """Start an in-process daemon on the session's Spark: ``run_daemon(settings, config_path=None)``;
+    ``run_daemon.stop(daemon)`` stops one early; every daemon is stopped after the test."""
+    from streaming.daemon import Daemon
+    from streaming.metrics import Metrics
+
+    started = []
+
+    def start(settings, config_path=None, metrics=None):
+        daemon = Daemon(settings, settings.dsn, metrics=metrics or Metrics(), grace_seconds=30, spark=spark,
+                        config_path=str(config_path) if config_path else None)
+        thread = threading.Thread(target=daemon.run, name="daemon-under-test")
+        thread.start()
+        started.append((daemon, thread))
+        return daemon
+
+    def stop(daemon):
+        for d, thread in started:
+            if d is daemon:
+                d.request_stop()
+                thread.join(timeout=60)
+                assert not thread.is_alive(), "daemon did not stop"
+
+    start.stop = stop
+    yield start
+    for daemon, thread in started:
+        daemon.request_stop()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "daemon did not stop"

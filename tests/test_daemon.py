@@ -3,31 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 
-import pytest
 
-from streaming.daemon import Daemon
-from streaming.metrics import Metrics
 from tests.conftest import poll
-
-
-@pytest.fixture
-def run_daemon(spark):
-    started = []
-
-    def start(settings):
-        daemon = Daemon(settings, settings.dsn, metrics=Metrics(), grace_seconds=30, spark=spark)
-        thread = threading.Thread(target=daemon.run, name="daemon-under-test")
-        thread.start()
-        started.append((daemon, thread))
-        return daemon
-
-    yield start
-    for daemon, thread in started:
-        daemon.request_stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "daemon did not stop"
 
 
 def drop(settings, dataset, name, text):

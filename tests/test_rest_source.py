@@ -12,12 +12,10 @@ import os
 import threading
 import uuid
 
-import pytest
 import yaml
 
 from streaming.batch import LoadContext, load_records
 from streaming.config import EndpointConfig
-from streaming.daemon import Daemon
 from streaming.metrics import Metrics
 from tests.conftest import poll
 from tests.restserver import json_response, rest_server_fixture, text_response  # noqa: F401
@@ -62,33 +60,6 @@ def endpoint_entry(url: str, name: str = "items", **extra) -> dict:
              "backoff": "10ms"}
     entry.update(extra)
     return entry
-
-
-@pytest.fixture
-def run_daemon(spark, tmp_path):
-    started = []
-
-    def start(settings, config_path=None, metrics=None):
-        daemon = Daemon(settings, settings.dsn, metrics=metrics or Metrics(), grace_seconds=30, spark=spark,
-                        config_path=str(config_path) if config_path else None)
-        thread = threading.Thread(target=daemon.run, name="daemon-under-test")
-        thread.start()
-        started.append((daemon, thread))
-        return daemon
-
-    def stop(daemon):
-        for d, thread in started:
-            if d is daemon:
-                d.request_stop()
-                thread.join(timeout=60)
-                assert not thread.is_alive(), "daemon did not stop"
-
-    start.stop = stop
-    yield start
-    for daemon, thread in started:
-        daemon.request_stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "daemon did not stop"
 
 
 def rows(db, table, order="id"):

@@ -19,7 +19,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from connectors.csvfile import CHUNK_ROWS, RESCUED, FileReport, FileTask, _ParsedFile, copy_to_stage, run_file_task
+from connectors.csvfile import (CHUNK_ROWS, RESCUED, FileReport, FileTask, _ParsedFile, copy_to_stage,
+                               mismatch_report, run_file_task)
 from streaming.errors import FileRejected
 from streaming.naming import nested_identifier, unique_names
 from streaming.schema import ColumnTyper, bool_token_set
@@ -173,16 +174,9 @@ class _ParsedRecords(_ParsedFile):
 def _stage_records(task: FileTask, rows) -> FileReport:
     parsed = _ParsedRecords(task, rows)
     copy_to_stage(task, parsed)
-    mismatch = parsed.type_mismatch()
-    if mismatch:
-        return FileReport(task.name, task.path, task.seq, "rejected", "schema_mismatch", columns=parsed.report_columns(),
-                          staged_rows=parsed.staged, quarantined_rows=parsed.quarantined,
-                          detail=f"{task.name}: values need wider types than table {task.dataset} has and "
-                          f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
-                                                                     for c, d in mismatch.items()),
-                          diff={"changed_types": mismatch})
-    return FileReport(task.name, task.path, task.seq, "staged", columns=parsed.report_columns(),
-                      staged_rows=parsed.staged, quarantined_rows=parsed.quarantined)
+    return mismatch_report(task, parsed) or FileReport(
+        task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
+        quarantined_rows=parsed.quarantined)
 
 
 def run_records_task(task: FileTask, rows: Iterable[tuple[str, int]]) -> FileReport:

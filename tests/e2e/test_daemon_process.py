@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,18 @@ from tests.conftest import poll
 pytestmark = pytest.mark.e2e
 
 
-def start(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    return subprocess.Popen([sys.executable, "-m", "streaming.cli", "run", "--config", str(config)],
+@contextlib.contextmanager
+def running(config: Path, log: Path, **env: str) -> Iterator[subprocess.Popen]:
+    """``dataops run --config`` as a subprocess (extra environment variables in ``env``), killed on
+    the way out if the test did not stop it."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **env}
+    proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "run", "--config", str(config)],
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=config.parent)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def drop(folder: Path, name: str, ids: range) -> None:
@@ -57,8 +67,7 @@ def test_run_sigterm_restart_exactly_once(db, tmp_path):
     landing = tmp_path / "landing" / "orders"
     log = tmp_path / "daemon.log"
 
-    proc = start(config, log)
-    try:
+    with running(config, log) as proc:
         drop(landing, "sales.csv", range(0, 100))
         poll(lambda: loaded_rows(db) == 100, 120, interval=0.2, message=f"first file loaded (log: {log})")
         drop(landing, "more.csv", range(100, 150))
@@ -67,22 +76,15 @@ def test_run_sigterm_restart_exactly_once(db, tmp_path):
         assert 'dataops_rows_written_total{dataset="orders"} 150.0' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
     # Dropped while the daemon is down.
     drop(landing, "offline.csv", range(150, 175))
-    proc = start(config, log)
-    try:
+    with running(config, log) as proc:
         poll(lambda: loaded_rows(db) == 175, 120, interval=0.2, message="file dropped while down loaded")
         drop(landing, "after.csv", range(175, 180))
         poll(lambda: loaded_rows(db) == 180, 60, interval=0.2, message="file after restart loaded")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
     assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 180
     assert db.scalar(f"SELECT note FROM \"{db.schema}\".orders WHERE order_id = 7") == "n, 7"
@@ -111,27 +113,19 @@ def test_sigterm_during_a_large_batch_commits_it_whole_or_not_at_all(db, tmp_pat
         except OSError:
             return False
 
-    proc = start(config, log)
-    try:
+    with running(config, log) as proc:
         drop(landing, "warm.csv", range(-10, 0))
         poll(lambda: loaded_rows(db) == 10, 120, interval=0.2, message="warm-up file")
         drop(landing, "big.csv", range(0, n))
         poll(lambda: staging_tables(db), 60, interval=0.02, message="the large batch in flight")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert loaded_rows(db) in (10, 10 + n)  # the batch committed whole or not at all
-    proc = start(config, log)
-    try:
+    with running(config, log) as proc:
         poll(lambda: loaded_rows(db) == 10 + n, 180, interval=0.2, message="the large file after restart")
         poll(healthy, 60, interval=0.1, message="healthz while starting")
         proc.send_signal(signal.SIGTERM)  # possibly while Spark is still starting: still a clean exit
         assert proc.wait(timeout=90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 10 + n
 
 
@@ -142,26 +136,18 @@ def test_a_crash_mid_batch_loses_nothing_and_loads_nothing_twice(db, tmp_path):
     log = tmp_path / "daemon.log"
     n = 200_000
 
-    proc = start(config, log)
-    try:
+    with running(config, log) as proc:
         drop(landing, "warm.csv", range(-10, 0))
         poll(lambda: loaded_rows(db) == 10, 120, interval=0.2, message="warm-up file")
         drop(landing, "big.csv", range(0, n))
         poll(lambda: staging_tables(db), 60, interval=0.02, message="the batch in flight")
         proc.kill()
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     drop(landing, "after.csv", range(n, n + 5))
-    proc = start(config, log)
-    try:
+    with running(config, log) as proc:
         poll(lambda: loaded_rows(db) == 15 + n, 180, interval=0.2, message="everything after the crash")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 15 + n
     processed = sorted(p.name for p in (tmp_path / "landing" / "_processed" / "orders").iterdir())
     assert processed == ["after.csv", "big.csv", "warm.csv"]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 import yaml
 
 from tests.conftest import poll
-from tests.e2e.test_daemon_process import _free_port
+from tests.e2e.test_daemon_process import _free_port, running
 from tests.restserver import json_response, rest_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -46,10 +43,7 @@ def test_an_endpoint_added_to_the_config_of_a_running_daemon(db, tmp_path, rest_
     }
     config.write_text(yaml.safe_dump(doc))
     log = tmp_path / "daemon.log"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "E2E_ITEMS_TOKEN": TOKEN}
-    proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "run", "--config", str(config)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
+    with running(config, log, E2E_ITEMS_TOKEN=TOKEN) as proc:
         poll(lambda: "watching" in log.read_text(), 120, interval=0.2, message=f"daemon up (log: {log})")
         doc["endpoints"] = [{"name": "items", "url": rest_server.url("/items"), "records_path": "data",
                              "pagination": {"type": "page_number", "param": "page"}, "poll_interval": "500ms",
@@ -62,8 +56,5 @@ def test_an_endpoint_added_to_the_config_of_a_running_daemon(db, tmp_path, rest_
         assert 'dataops_api_requests_total{code="200",endpoint="items"}' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     text = log.read_text()
     assert "endpoint=items" in text and TOKEN not in text
