@@ -6,10 +6,15 @@ fields, leading-zero codes, non-ASCII text), then times
   (a) ``psql \\copy`` of the file into a hand-typed table: the floor on this machine;
   (b) the warm daemon loading the same file: dropped into the landing folder -> all rows committed;
   (c) the drop-to-visible latency of small files into the warm daemon (p50, p95);
+  (d) the same file into an upsert dataset (``primary_key: [order_id]``), first into an empty table,
+      then again with every tenth row changed;
 
-and prints rows/s for (a) and (b) and the ratio (a)/(b) (1.0 = as fast as psql).
+and prints rows/s and the ratio to (a) for (b) and (d) (1.0 = as fast as psql), with the peak
+resident memory of the whole process tree (this process, the JVM and Spark's Python workers)
+during each large load. ``--memory-rows N`` adds a load of an N-row file (8,000,000 rows is about
+1 GB) and compares its peak memory with the 1,000,000-row file's.
 
-    python bench/bench_load.py [--rows 1000000] [--small-files 30] [--dsn DSN]
+    python bench/bench_load.py [--rows 1000000] [--small-files 30] [--memory-rows 0] [--dsn DSN]
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ PSQL_TABLE = """CREATE TABLE {t} (order_id integer, customer text, amount numeri
     score double precision, note text)"""
 
 
-def generate(path: Path, rows: int, seed: int = 7) -> None:
+def generate(path: Path, rows: int, seed: int = 7, changed_every: int = 0) -> None:
+    """Write the benchmark's CSV; with ``changed_every`` = n, every n-th row gets another amount and
+    note (the same keys and random draws otherwise, so the other rows are identical)."""
     rng = random.Random(seed)
     names = ["Smith, J", 'The "Best" Shop', "Zoë Müller", "O'Brien", "plain name", "Ünïcode Çafé"]
     notes = ["", "fragile", "call before\ndelivery", 'said "leave it"', "a, b, c", "ok"]
@@ -48,6 +55,8 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
             customer = rng.choice(names)
             note = rng.choice(notes)
             amount = "" if i % 37 == 0 else f"{rng.randint(0, 99999)}.{rng.randint(0, 99):02d}"
+            if changed_every and i % changed_every == 0:
+                amount, note = f"{i % 1000}.5", "changed"
             f.write(
                 f'{i},"{customer.replace(chr(34), chr(34) * 2)}",{amount}, {rng.randint(1, 50)} ,'
                 f"{rng.randint(1, 999)}.{rng.randint(0, 9)},"
@@ -71,12 +80,58 @@ def psql_copy(dsn: str, path: Path, schema: str) -> float:
     return time.perf_counter() - started
 
 
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants (read from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+class PeakMemory:
+    """Samples the process tree's resident memory every 0.2 s while a load runs."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(os.getpid()))
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-files", type=int, default=30)
     parser.add_argument("--dsn", default=os.environ.get("DATAOPS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--memory-rows", type=int, default=0, help="also load a file this large, for peak memory")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dataops-bench-"))
@@ -98,6 +153,7 @@ def main() -> int:
             postgres={"dsn": args.dsn, "schema": schema, "catalog_schema": catalog},
             landing={"path": str(work / "landing"), "settle_seconds": 0.25},
             spark={"master": args.master, "checkpoint_dir": str(work / "checkpoints")},
+            datasets={"orders_upsert": {"mode": "upsert", "primary_key": ["order_id"]}},
             metrics={"enabled": False}, logging={"level": "WARNING"},
         )
         import logging
@@ -118,7 +174,8 @@ def main() -> int:
                             "WHERE dataset = %s AND status = 'committed'", (dataset,))
                 return cur.fetchone()[0]
 
-        def drop_and_wait(dataset: str, source: Path, expect: int, timeout: float = 600) -> float:
+        def drop_and_wait(dataset: str, source: Path, expect: int, timeout: float = 1800) -> float:
+            """Drop ``source``; wait until ``expect`` more rows are committed (upsert counts rewritten rows)."""
             folder = work / "landing" / dataset
             folder.mkdir(parents=True, exist_ok=True)
             before = committed_rows(dataset)
@@ -139,9 +196,11 @@ def main() -> int:
         for _ in range(3):
             drop_and_wait("orders", small, 100)
         big_rows = args.rows
-        seconds = drop_and_wait("orders", big, big_rows)
-        print(f"(b) warm daemon          {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s", flush=True)
-        print(f"    ratio (a)/(b)        {floor / seconds:7.2f}", flush=True)
+        with PeakMemory() as memory:
+            seconds = drop_and_wait("orders", big, big_rows)
+        peak_big = memory.peak
+        print(f"(b) warm daemon          {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
+              f"{floor / seconds:5.2f}   peak RSS {peak_big / 2**20:6.0f} MiB", flush=True)
 
         latencies = [drop_and_wait("events", small, 100) for _ in range(args.small_files + 2)][2:]
         latencies.sort()
@@ -149,6 +208,23 @@ def main() -> int:
         p95 = latencies[min(len(latencies) - 1, int(round(0.95 * (len(latencies) - 1))))]
         print(f"(c) 100-row files        p50 {p50 * 1000:6.0f} ms   p95 {p95 * 1000:6.0f} ms   "
               f"({len(latencies)} files)", flush=True)
+
+        changed = work / "orders_changed.csv"
+        generate(changed, args.rows, changed_every=10)
+        drop_and_wait("orders_upsert", small, 100)  # warm up the dataset (table, query)
+        for label, source in (("(d) upsert, new table", big), ("    upsert, 10% changed", changed)):
+            with PeakMemory() as memory:
+                seconds = drop_and_wait("orders_upsert", source, big_rows)
+            print(f"{label:24s} {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
+                  f"{floor / seconds:5.2f}   peak RSS {memory.peak / 2**20:6.0f} MiB", flush=True)
+        if args.memory_rows:
+            large = work / "orders_large.csv"
+            generate(large, args.memory_rows, seed=13)
+            with PeakMemory() as memory:
+                seconds = drop_and_wait("orders_large", large, args.memory_rows, timeout=7200)
+            print(f"(e) {large.stat().st_size / 1e9:.2f} GB file        {seconds:7.2f} s  "
+                  f"{args.memory_rows / seconds:>12,.0f} rows/s   peak RSS {memory.peak / 2**20:6.0f} MiB "
+                  f"({memory.peak / peak_big:.2f} x the {big.stat().st_size / 1e6:.0f} MB file's)", flush=True)
         daemon.request_stop()
         thread.join(timeout=120)
         conn.close()
