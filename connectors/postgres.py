@@ -16,7 +16,7 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from connectors import stats
-from connectors.csvfile import RESCUED, FileReport
+from streaming.rowstage import RESCUED, StageReport
 from streaming.config import PG_TYPES
 from streaming.errors import BatchDataError, SchemaError, SinkError, TransientSinkError
 from streaming.naming import normalize_identifier
@@ -230,7 +230,7 @@ class MergePlan:
     policy: str  # on_schema_change: evolve | rescue | fail
     stream: str
     batch_id: int
-    reports: list  # FileReport, staged and rejected
+    reports: list  # StageReport, staged and rejected
     stage_schema: str
     true_tokens: tuple = ()
     # Rejected reports whose rows exist only in their staging tables (endpoint records, which have no
@@ -390,7 +390,7 @@ def _quarantine_rejected(cur, plan: MergePlan, load_id: int) -> int:
     return moved
 
 
-def _file_entries(reports: Sequence[FileReport]) -> list[dict]:
+def _file_entries(reports: Sequence[StageReport]) -> list[dict]:
     """One entry per file (a large file's parts add up), in batch order."""
     entries: dict[int, dict] = {}
     for report in sorted(reports, key=lambda r: r.seq):
@@ -431,13 +431,13 @@ def drop_stale_stages(dsn: str, stage_schema: str, older_than: float) -> int:
         conn.close()
 
 
-def drop_stage_tables(cur, stage_schema: str, reports: Sequence[FileReport]) -> None:
+def drop_stage_tables(cur, stage_schema: str, reports: Sequence[StageReport]) -> None:
     names = [sql.Identifier(stage_schema, n) for r in reports for n in (r.stage_table, r.quarantine_table) if n]
     if names:
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.SQL(", ").join(names)))
 
 
-def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileReport]):
+def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[StageReport]):
     """Final column types for the batch, and the DDL changes (create / add / widen) they need."""
     batch_types: dict[str, str | None] = {}
     sources: dict[str, str] = {}
@@ -530,7 +530,7 @@ def _cast(column: str, kind: str, true_tokens: Sequence[str]) -> sql.Composable:
     return sql.SQL("{}::{}").format(ident, _type_sql(kind))
 
 
-def _source_query(plan: MergePlan, staged: list[FileReport], columns: dict[str, str]) -> sql.Composable:
+def _source_query(plan: MergePlan, staged: list[StageReport], columns: dict[str, str]) -> sql.Composable:
     """The batch's rows, typed: a UNION ALL over the files' staging tables, columns aligned by name."""
     parts = []
     for report in staged:

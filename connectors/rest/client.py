@@ -70,7 +70,7 @@ RETRY_AFTER_CAP = 300.0
 BODY_SNIPPET = 200
 MASK = "***"
 _SECRET_PARAM = re.compile(r"token|key|secret|password|passwd|signature", re.IGNORECASE)
-_MISSING = object()
+MISSING = object()
 
 
 class EndpointError(SourceError):
@@ -252,8 +252,8 @@ class _Cursor(_Paginator):
         return _with_params(self.endpoint.url, {**self.params, **extra})
 
     def advance(self, state: dict, page: _Page) -> dict | None:
-        cursor = _lookup(page.body, self.config.cursor_path)
-        if cursor is _MISSING or cursor is None or cursor == "":
+        cursor = lookup(page.body, self.config.cursor_path)
+        if cursor is MISSING or cursor is None or cursor == "":
             return None
         if isinstance(cursor, bool) or not isinstance(cursor, (str, int, float)):
             raise _PaginationValue(f"cursor_path {self.config.cursor_path!r} is {_a(cursor)}, not a string")
@@ -274,8 +274,8 @@ class _LinkHeader(_Paginator):
 
 class _NextUrl(_LinkHeader):
     def advance(self, state: dict, page: _Page) -> dict | None:
-        link = _lookup(page.body, self.config.next_url_path)
-        if link is _MISSING or link is None or link == "":
+        link = lookup(page.body, self.config.next_url_path)
+        if link is MISSING or link is None or link == "":
             return None
         if not isinstance(link, str):
             raise _PaginationValue(f"next_url_path {self.config.next_url_path!r} is {_a(link)}, not a URL")
@@ -432,8 +432,8 @@ class _Poller:
                 raise self.error("records_path", f"the body of {where} is {_a(body)}, not a list; set records_path "
                                  "to the path of the list of records")
         else:
-            records = _lookup(body, path)
-            if records is _MISSING:
+            records = lookup(body, path)
+            if records is MISSING:
                 raise self.error("records_path", f"records_path {path!r} not found in the response of {where}")
             if not isinstance(records, list):
                 raise self.error("records_path", f"records_path {path!r} is {_a(records)}, not a list, in {where}")
@@ -543,8 +543,8 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), parts.port or default
 
 
-def _lookup(body: Any, path: str) -> Any:
-    """The value at a dotted path (``data.items``; digits index lists), or ``_MISSING``."""
+def lookup(body: Any, path: str) -> Any:
+    """The value at a dotted path (``data.items``; digits index lists), or ``MISSING``."""
     value = body
     for key in path.split("."):
         if isinstance(value, dict) and key in value:
@@ -552,7 +552,7 @@ def _lookup(body: Any, path: str) -> Any:
         elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
             value = value[int(key)]
         else:
-            return _MISSING
+            return MISSING
     return value
 
 

@@ -1,4 +1,4 @@
-"""JSON records into staging tables: the REST counterpart of a CSV file task (runs on executors).
+"""JSON records into the row stage: the REST counterpart of a CSV file task (runs on executors).
 
 A micro-batch of an endpoint arrives as a DataFrame of ``(record, seq)`` rows, ``record`` being one
 JSON record as text. Each Spark partition becomes one task that flattens its records into columns,
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from connectors.csvfile import (CHUNK_ROWS, RESCUED, FileReport, FileTask, _ParsedFile, copy_to_stage,
-                               mismatch_report, run_file_task)
 from streaming.errors import FileRejected
 from streaming.naming import nested_identifier, unique_names
-from streaming.schema import ColumnTyper, bool_token_set
+from connectors.staging import copy_to_stage, run_stage_task
+from streaming.rowstage import CHUNK_ROWS, RESCUED, RowStage, StageReport, StageTask, mismatch_report
+from streaming.schema import ColumnTyper
 
 JSON = "jsonb"
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -91,33 +90,28 @@ class _JsonTyper(ColumnTyper):
         return []
 
 
-class _ParsedRecords(_ParsedFile):
-    """A partition's records as rows of text, ready for the CSV file task's typing and COPY."""
+class _ParsedRecords(RowStage):
+    """A partition's records as columns of text, handed to the row stage."""
 
-    def __init__(self, task: FileTask, rows: Iterable[tuple[str, int]]):
-        self.task = task
+    def __init__(self, task: StageTask, rows: Iterable[tuple[str, int]]):
+        # JSON null and "" are NULL, besides the endpoint's own null tokens.
+        super().__init__(task, frozenset(["", *task.options["null_tokens"]]), empty_is_null=True)
         opts = task.options
-        self.nulls = frozenset(["", *opts["null_tokens"]])
-        self.bools = bool_token_set(opts["true_tokens"], opts["false_tokens"])
         self.delimiter = ""
-        self.staged = self.quarantined = 0
-        self.bad_cut = False
-        self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         depth = int(opts.get("flatten_depth", 1))
         records: list[tuple[int, dict]] = []
         paths: dict[str, None] = {}
-        self.columns = []  # for quarantine records until the columns are known
         loads = json.loads
         for text, seq in rows:
             if ("\\u0000" in text and _has_nul(loads(text))) or _SURROGATE.search(text):
                 # PostgreSQL text cannot hold NUL, nor UTF-8 an unpaired surrogate.
                 shown = text[:1000].encode("utf-8", "backslashreplace").decode("utf-8")
-                self._quarantine(seq, None, shown, "the record holds a NUL character or an unpaired surrogate, "
+                self.quarantine_row(seq, None, shown, "the record holds a NUL character or an unpaired surrogate, "
                                                    "which PostgreSQL cannot store", None)
                 continue
             fields = flatten(loads(text), depth)
             if not fields:
-                self._quarantine(seq, None, text[:1000], "the record has no fields", None)
+                self.quarantine_row(seq, None, text[:1000], "the record has no fields", None)
                 continue
             paths.update(dict.fromkeys(fields))
             records.append((seq, fields))
@@ -128,57 +122,50 @@ class _ParsedRecords(_ParsedFile):
             # An optional field absent from every record of this partition is NULL, not a schema change.
             paths.update(dict.fromkeys(c for c in task.table_types if c not in names and c != RESCUED))
         order = list(paths)
-        self.source_names = [p.replace(SEP, ".") for p in order]
-        self.columns = unique_names([nested_identifier(tuple(p.split(SEP))) for p in order])
+        source_names = [p.replace(SEP, ".") for p in order]
+        columns = unique_names([nested_identifier(tuple(p.split(SEP))) for p in order])
         table = task.table_types
         raw_columns = [[fields.get(path) for _, fields in records] for path in order]
         # Arrays and deep objects are jsonb; so is every value of a column the table holds as jsonb.
         as_json = [table.get(c) == JSON or (c not in table and any(type(v) in (list, dict) for v in raw))
-                   for c, raw in zip(self.columns, raw_columns)]
-        hints = {c: JSON for c, j in zip(self.columns, as_json) if j and c not in table}
+                   for c, raw in zip(columns, raw_columns)]
+        hints = {c: JSON for c, j in zip(columns, as_json) if j and c not in table}
         # Column by column: strings (most values) pass through without a call.
-        columns = []
+        texts = []
         for raw, j in zip(raw_columns, as_json):
             if j:
-                columns.append([_json_text(v) for v in raw])
+                texts.append([_json_text(v) for v in raw])
             else:
-                columns.append([v if type(v) is str else _text(v) for v in raw])
-        values = [(seq, list(row)) for (seq, _), row in zip(records, zip(*columns))] if columns else \
-            [(seq, []) for seq, _ in records]
-        self.rows = values
+                texts.append([v if type(v) is str else _text(v) for v in raw])
+        self.blocks, self.positions = texts, [seq for seq, _ in records]
         try:
-            self._setup_columns(FileTask(**{**task.__dict__, "hints": {**task.hints, **hints}}), opts)
+            self.set_columns(source_names, columns, hints)
         except FileRejected as exc:  # on_schema_change fail and the records do not match the table
-            for seq, row in values:
-                self._quarantine(seq, None, None, exc.detail, row)
-            self.rows, self.typers, self.unknown, self.rescue = [], [], set(), False
+            for i, seq in enumerate(self.positions):
+                self.quarantine_row(seq, None, None, exc.detail, [c[i] for c in texts])
+            self.blocks, self.positions = [], []
+            self.typers, self.unknown, self.rescue = [], set(), False
             self.out_positions, self.out_names, self.key_positions = [], [], []
             return
         for i, j in enumerate(as_json):
             if j:
                 self.typers[i] = _JsonTyper(self.bools)
-        self.key_positions = [self.columns.index(k) for k in task.primary_key]
-        self._empty_is_null = True
-        self._null_probes = tuple(f"\n{t}\n" for t in self.nulls if t)
-        self._null_initials = frozenset(t[0] for t in self.nulls if t)
 
     def copy_chunks(self) -> Iterator[str]:
-        for start in range(0, len(self.rows), CHUNK_ROWS):
-            chunk = self.rows[start:start + CHUNK_ROWS]
-            yield self._chunk([values for _, values in chunk], [seq for seq, _ in chunk])
-
-    def close(self) -> None:
-        self.quarantine.close()
+        for start in range(0, len(self.positions), CHUNK_ROWS):
+            end = start + CHUNK_ROWS
+            yield self.block([c[start:end] for c in self.blocks], self.positions[start:end])
 
 
-def _stage_records(task: FileTask, rows) -> FileReport:
+def _stage_records(task: StageTask, rows) -> StageReport:
     parsed = _ParsedRecords(task, rows)
     copy_to_stage(task, parsed)
-    return mismatch_report(task, parsed) or FileReport(
+    return mismatch_report(task, parsed) or StageReport(
         task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
         quarantined_rows=parsed.quarantined)
 
 
-def run_records_task(task: FileTask, rows: Iterable[tuple[str, int]]) -> FileReport:
-    """Stage one partition of an endpoint's batch. Never raises (see ``run_file_task``)."""
-    return run_file_task(task, lambda t: _stage_records(t, rows))
+def run_records_task(task: StageTask, rows: Iterable[tuple[str, int]]) -> StageReport:
+    """Stage one partition of an endpoint's batch on an executor. Never raises (see
+    :func:`streaming.rowstage.run_stage_task`)."""
+    return run_stage_task(task, lambda t: _stage_records(t, rows))

@@ -37,7 +37,7 @@ from typing import Any
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
-from connectors.rest.client import _MISSING, EndpointError, _lookup, poll
+from connectors.rest.client import MISSING, EndpointError, lookup, poll
 from connectors.rest.events import EventSender
 from streaming.config import EndpointConfig
 
@@ -157,7 +157,7 @@ class RestStreamReader(DataSourceStreamReader):
         fresh = []
         for record in records:
             value = _cursor_of(record, inc.cursor_field)
-            if value is not _MISSING and since is not None:
+            if value is not MISSING and since is not None:
                 order = _order(value)
                 if order < mark or (order == mark and _digest(record) in seen_before):
                     continue
@@ -167,7 +167,7 @@ class RestStreamReader(DataSourceStreamReader):
         seen = set(filter(None, (start.get("seen") or "").split(",")))
         for record in fresh:
             value = _cursor_of(record, inc.cursor_field)
-            if value is _MISSING or value is None:
+            if value is MISSING or value is None:
                 continue
             if cursor is None or _order(value) > _order(cursor):
                 cursor, seen = value, set()
@@ -218,7 +218,7 @@ class RestStreamReader(DataSourceStreamReader):
         kept = []
         for record in records:
             value = _cursor_of(record, inc.cursor_field)
-            if value is not _MISSING and value is not None:
+            if value is not MISSING and value is not None:
                 order = _order(value)
                 if order > limit or (order == limit and _digest(record) not in at_limit):
                     continue
@@ -232,7 +232,7 @@ class RestStreamReader(DataSourceStreamReader):
             return False
         limit = _order(end["cursor"])
         return any(_order(v) > limit for v in (_cursor_of(r, inc.cursor_field) for r in records)
-                   if v is not _MISSING and v is not None)
+                   if v is not MISSING and v is not None)
 
     def read(self, partition: RecordsPartition):
         yield from partition.rows
@@ -250,7 +250,7 @@ def _key(offset: dict) -> str:
 
 
 def _cursor_of(record: Any, path: str) -> Any:
-    return _lookup(record, path) if isinstance(record, dict) else _MISSING
+    return lookup(record, path) if isinstance(record, dict) else MISSING
 
 
 def _order(value: Any) -> tuple:

@@ -1,0 +1,93 @@
+"""The Postgres sink's staging writer: a stage task's rows into its UNLOGGED staging tables.
+
+Runs inside a stage task (on an executor, or on the driver for a small batch): it opens its own
+connection, COPYs the row stage's text into the task's staging and quarantine tables, and turns
+every failure into a small :class:`~streaming.rowstage.StageReport` for the driver.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+
+from connectors.postgres import is_transient
+from streaming.errors import FileRejected
+from streaming.rowstage import RowStage, StageReport, StageTask
+
+
+def run_stage_task(task: StageTask, stage: Callable[[StageTask], StageReport]) -> StageReport:
+    """Run ``stage(task)``, which parses the task's input and stages it (see :func:`copy_to_stage`).
+
+    Never raises: bad input is a ``rejected`` report, a failure an ``error`` report. Runs on an
+    executor (or the driver); ``task`` arrived pickled, the report goes back pickled.
+    """
+    report = _run(task, stage)
+    report.stage_table, report.quarantine_table = task.stage_table, task.quarantine_table
+    return report
+
+
+def _run(task: StageTask, stage) -> StageReport:
+    import psycopg2
+
+    try:
+        return stage(task)
+    except FileRejected as exc:
+        return StageReport(task.name, task.path, task.seq, "rejected", exc.reason, exc.detail, diff=exc.diff)
+    except psycopg2.Error as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, psycopg2.DataError):  # e.g. a character PostgreSQL cannot store
+            return StageReport(task.name, task.path, task.seq, "rejected", "load_failed",
+                              f"{task.name}: PostgreSQL refused the file's data: {detail}")
+        return StageReport(task.name, task.path, task.seq, "error", "transient" if is_transient(exc) else "sink",
+                          f"{task.name}: staging failed: {detail}")
+    except OSError as exc:
+        return StageReport(task.name, task.path, task.seq, "error", "io", f"{task.name}: cannot read: {exc.strerror or exc}")
+    except Exception as exc:  # a bug: report it with its place, the batch fails and is retried
+        import traceback
+
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return StageReport(task.name, task.path, task.seq, "error", "bug",
+                          f"{task.name}: {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")
+
+
+def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
+    """Create the task's staging and quarantine tables and COPY the parsed rows into them."""
+    import psycopg2
+
+    conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            from psycopg2 import sql
+
+            stage = sql.Identifier(task.stage_schema, task.stage_table)
+            quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
+            names = [sql.Identifier(f"c{i}") for i in range(len(parsed.out_names))]
+            cols = sql.SQL(", ").join([sql.Identifier("_ord"), *names])
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
+            cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
+                stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} text").format(n) for n in names)])))
+            cur.execute(sql.SQL(
+                "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
+            ).format(quarantine))
+            cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols).as_string(cur),
+                            _IterReader(parsed.copy_chunks()), size=1 << 16)
+            parsed.quarantine.seek(0)
+            cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
+    finally:
+        conn.close()
+        parsed.close()
+
+
+class _IterReader(io.TextIOBase):
+    """A file-like ``read()`` over an iterator of strings, so COPY streams while the file parses."""
+
+    def __init__(self, chunks: Iterator[str]):
+        self.chunks = chunks
+
+    def read(self, size: int = -1) -> str:  # noqa: ARG002 - COPY accepts chunks of any length
+        for chunk in self.chunks:
+            if chunk:
+                return chunk
+        return ""
+
+    readline = read

@@ -1,0 +1,369 @@
+"""The row stage, shared by every source: raw values with their positions in, typed rows staged.
+
+A source hands over blocks of raw values (one list per column, ``None`` for a missing value) with
+each row's position (a file's line number, a record's index in its batch). The stage cleans them
+(trim, null tokens), infers or checks each column's type, quarantines what cannot load with its
+position, column, raw value and reason, and turns the clean rows into ``COPY`` text, which the
+sink's staging writer (:mod:`connectors.staging`) streams into an UNLOGGED staging table; the
+driver merges every task's staging table in one transaction. Pure: no I/O here.
+
+Runs where the source's task runs: on an executor, or on the driver for a small batch. Everything a
+task needs crosses the pickle boundary in :class:`StageTask`; a task opens its own connection and
+holds no state between calls, and sends back only a small :class:`StageReport`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from streaming.errors import FileRejected
+from streaming.schema import ColumnTyper, bool_token_set
+
+CHUNK_ROWS = 2000
+RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
+_WS = " \t"
+
+
+@runtime_checkable
+class ByteSource(Protocol):
+    """Where a task reads an input's bytes: a local file, an object in a store, ...
+
+    Pickled to the executor with the task; :meth:`open` runs there and opens its own connection.
+    """
+
+    def open(self) -> BinaryIO:
+        """A seekable binary stream over the input (reads may be ranged requests)."""
+
+    @property
+    def size(self) -> int:
+        """The input's length in bytes."""
+
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTask:
+    """Everything one stage task needs; pickled to the executor.
+
+    Attributes:
+        path: the input: a local file (the executor must see the same path: a shared mount on a
+            cluster), an object's URL, or an endpoint's (masked) URL.
+        name: the input's name as the user knows it, used in quarantine rows and errors.
+        seq: the input's position in its batch; orders rows for upsert (last occurrence wins).
+        dataset: dataset name, for messages.
+        dsn: libpq connection string (never logged).
+        stage_table / quarantine_table: qualified names the task creates and fills.
+        options: the dataset's CSV options (null tokens, delimiter, encoding, tokens, max field bytes).
+        table_types: the target table's current columns and types (empty if it does not exist yet).
+        hints: column -> type from config; values must fit.
+        primary_key: columns that must not be NULL.
+        policy: ``on_schema_change`` — ``evolve`` (existing columns may widen, new ones are added),
+            ``rescue`` (the table never changes; unknown columns and values that do not fit go to
+            the row's ``_rescued`` JSON) or ``fail`` (a file that does not match is rejected).
+        source: a :class:`ByteSource` for inputs that are not local files (None = open ``path``).
+        part: a large file is parsed in parts (byte ranges cut at record boundaries, see
+            :func:`plan_parts`); ``part`` > 0 or a set ``header`` means the task reads only
+            ``[start, end)``, whose first physical line is ``first_line``.
+    """
+
+    path: str
+    name: str
+    seq: int
+    dataset: str
+    dsn: str
+    stage_schema: str
+    stage_table: str
+    quarantine_table: str
+    options: dict
+    table_types: dict
+    hints: dict
+    primary_key: tuple
+    policy: str = "evolve"
+    part: int = 0
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    header: tuple | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+    last_part: bool = True
+    source: ByteSource | None = None  # where the bytes are, when not the local file ``path``
+
+
+
+@dataclasses.dataclass
+class StageReport:
+    """What a stage task sends back to the driver (small: no rows)."""
+
+    name: str
+    path: str
+    seq: int
+    status: str  # "staged", "rejected" (bad input) or "error" (the batch must fail and retry)
+    reason: str = ""
+    detail: str = ""
+    encoding: str = ""
+    delimiter: str = ""
+    columns: list = dataclasses.field(default_factory=list)  # [name, source_name, inferred type or None]
+    staged_rows: int = 0
+    quarantined_rows: int = 0
+    stage_table: str = ""
+    quarantine_table: str = ""
+    bad_cut: bool = False  # the part ended inside a quoted field: its cut was not a record boundary
+    diff: dict | None = None  # policy fail: how the file differs from the table
+
+    @property
+    def rows_in(self) -> int:
+        return self.staged_rows + self.quarantined_rows
+
+
+def mismatch_report(task: StageTask, parsed: "RowStage") -> StageReport | None:
+    """Policy fail: the rejection of a task whose values need wider types than the table has."""
+    mismatch = parsed.type_mismatch()
+    if not mismatch:
+        return None
+    return StageReport(task.name, task.path, task.seq, "rejected", "schema_mismatch",
+                      f"{task.name}: values need wider types than table {task.dataset} has and "
+                      f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
+                                                                 for c, d in mismatch.items()),
+                      diff={"changed_types": mismatch}, columns=parsed.report_columns(),
+                      staged_rows=parsed.staged, quarantined_rows=parsed.quarantined)
+
+
+class RowStage:
+    """One task's rows on their way to staging: cleaning, typing and quarantine, for every source.
+
+    A source's parser creates one, names the columns with :meth:`set_columns`, and yields the COPY
+    text of :meth:`block` for each block of rows it reads; :func:`copy_to_stage` streams that into
+    the task's staging table. Lives inside one task (executor or driver); never pickled.
+
+    Args:
+        task: the task being staged.
+        nulls: raw values that mean NULL.
+        empty_is_null: whether an empty value is NULL whatever ``nulls`` says.
+    """
+
+    def __init__(self, task: StageTask, nulls: frozenset, empty_is_null: bool | None = None):
+        import tempfile
+
+        self.task = task
+        opts = task.options
+        self.nulls = frozenset(nulls)
+        self.bools = bool_token_set(opts["true_tokens"], opts["false_tokens"])
+        self.staged = 0
+        self.quarantined = 0
+        self.bad_cut = False
+        self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
+        self.source_names: list[str] = []
+        self.columns: list[str] = []  # for quarantine records until the columns are known
+        self.typers: list[ColumnTyper] = []
+        self.unknown: set[int] = set()
+        self.rescue = False
+        self.out_positions: list[int] = []
+        self.out_names: list[str] = []
+        self.key_positions: list[int] = []
+        # Null-token probes over a column joined by newlines (see _clean).
+        self._empty_is_null = "" in self.nulls if empty_is_null is None else empty_is_null
+        self._null_probes = tuple(f"\n{t}\n" for t in self.nulls if t)
+        self._null_initials = frozenset(t[0] for t in self.nulls if t)
+
+    def set_columns(self, source_names: list[str], columns: list[str], hints: dict | None = None) -> None:
+        """Name the columns (as in the input, and normalized); typers follow the table and the policy.
+
+        Raises:
+            FileRejected: policy fail and the columns do not match the table.
+        """
+        self.source_names, self.columns = list(source_names), list(columns)
+        task = self.task
+        if hints:
+            task = dataclasses.replace(task, hints={**task.hints, **hints})
+        self._setup_columns(task, task.options)
+        self.key_positions = [self.columns.index(k) for k in task.primary_key if k in self.columns]
+
+    def copy_chunks(self) -> Iterator[str]:
+        """COPY text of every row, a block at a time (tab-separated, ``\\N`` for NULL)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.quarantine.close()
+
+    def _setup_columns(self, task: StageTask, opts: dict) -> None:
+        """Typers per column by policy, and which columns are staged (see StageTask.policy)."""
+        table = task.table_types
+        formats = tuple(opts.get("date_formats") or ())
+        self.unknown: set[int] = set()
+        if table and task.policy != "evolve":
+            new = [c for c in self.columns if c not in table]
+            missing = [c for c in table if c not in self.columns and c != RESCUED]
+            if task.policy == "fail" and (new or missing):
+                diff = {"new_columns": new, "missing_columns": missing}
+                raise FileRejected("schema_mismatch", f"{task.name}: header does not match table {task.dataset} and "
+                                                      f"on_schema_change is fail: new columns {new or 'none'}, "
+                                                      f"missing columns {missing or 'none'}", diff=diff)
+            self.unknown = {i for i, c in enumerate(self.columns) if c not in table}
+        self.typers = []
+        for c in self.columns:
+            # A column the table already has keeps the table's type; a hint shapes new columns.
+            hint = task.hints.get(c) if c not in table else None
+            if hint:
+                typer = ColumnTyper(self.bools, fixed=hint, loose=True, formats=formats)
+            elif c in table and task.policy == "evolve":
+                typer = ColumnTyper(self.bools, widen_from=table[c], formats=formats)
+            elif c in table:
+                typer = ColumnTyper(self.bools, fixed=table[c], formats=formats)
+            else:
+                typer = ColumnTyper(self.bools, formats=formats)
+            self.typers.append(typer)
+        self.rescue = task.policy == "rescue" and bool(table)
+        self.out_positions = [i for i in range(len(self.columns)) if i not in self.unknown]
+        self.out_names = [self.columns[i] for i in self.out_positions] + ([RESCUED] if self.rescue else [])
+
+    def report_columns(self) -> list[list]:
+        """[name, source name, type, date format] of each staged column."""
+        out = [[self.columns[i], self.source_names[i], self.typers[i].current, self.typers[i].format]
+               for i in self.out_positions]
+        if self.rescue:
+            out.append([RESCUED, None, "jsonb", None])
+        return out
+
+    def type_mismatch(self) -> dict:
+        """Policy fail: columns whose values needed a wider type than the table's."""
+        if self.task.policy != "fail":
+            return {}
+        return {self.columns[i]: {"table": t.fixed, "file": t.wanted} for i, t in enumerate(self.typers)
+                if t.wanted and not t.loose}
+
+
+    def block(self, columns: list[list[str]], positions: list[int]) -> str:
+        """Clean, type and quarantine a block of rows given as columns of raw text; the COPY text of
+        the rows that load. ``positions[i]`` is row ``i``'s line (file) or index (records)."""
+        rows = _Rows(columns)
+        lines = positions
+        bad: dict[int, tuple[int, str]] = {}
+        rescued: dict[int, dict] = {}
+        out_columns = []
+        joins = []
+        for ci, raw in enumerate(columns):
+            values, joined, has_null = self._clean(raw)
+            if ci in self.unknown:  # rescue: a column the table does not have
+                for i, v in enumerate(values):
+                    if v is not None:
+                        rescued.setdefault(i, {})[self.columns[ci]] = columns[ci][i]
+                out_columns.append(values)
+                joins.append((joined, has_null))
+                continue
+            failures = self.typers[ci].check(values, joined, has_null)
+            if failures and self.rescue:
+                values = list(values)  # may be the raw column itself, which quarantine still reads
+                for i in failures:
+                    rescued.setdefault(i, {})[self.columns[ci]] = columns[ci][i]
+                    values[i] = None
+                joined, has_null = None, True
+            else:
+                for i in failures:
+                    bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i])))
+            out_columns.append(values)
+            joins.append((joined, has_null))
+        for ci in self.key_positions:
+            for i, v in enumerate(out_columns[ci]):
+                if v is None:
+                    bad.setdefault(i, (ci, f"NULL in primary key column {self.columns[ci]}"))
+        for i in sorted(bad):
+            ci, reason = bad[i]
+            self.quarantine_row(lines[i], self.columns[ci], columns[ci][i], reason, rows[i])
+        out_columns = [out_columns[i] for i in self.out_positions]
+        joins = [joins[i] for i in self.out_positions]
+        if self.rescue:
+            name = self.task.name
+            out_columns.append([json.dumps({**rescued[i], "_file": name}, ensure_ascii=False) if i in rescued else None
+                                for i in range(len(lines))])
+            joins.append((None, True))
+        if bad:
+            keep = [i for i in range(len(lines)) if i not in bad]
+            out_columns = [[col[i] for i in keep] for col in out_columns]
+            lines = [lines[i] for i in keep]
+            joins = [(None, True)] * len(out_columns)
+        self.staged += len(lines)
+        if not lines:
+            return ""
+        encoded = [_copy_column(col, *j) for col, j in zip(out_columns, joins)]
+        return "\n".join(map("\t".join, zip(map(str, lines), *encoded))) + "\n"
+
+    def _clean(self, raw: list[str]) -> tuple[list[str | None], str, bool]:
+        """Trim and map null tokens.
+
+        Returns the values, the non-NULL values joined by newlines, and whether any value is NULL.
+        Both checks run as substring searches over the joined column (C speed); only a column that has
+        padded values or null tokens pays a pass in Python.
+        """
+        joined = "\n".join(raw)
+        if (" " in joined or "\t" in joined) and (
+                joined[:1] in _WS_FIRST or joined[-1:] in _WS_FIRST or any(p in joined for p in _EDGE_PROBES)):
+            raw = [v.strip(_WS) for v in raw]
+            joined = "\n".join(raw)
+        if self._may_hold_null(joined):
+            nulls = self.nulls
+            values = [None if v in nulls else v for v in raw]
+            present = [v for v in values if v is not None]
+            if len(present) != len(values):
+                return values, "\n".join(present), True
+        return raw, joined, False
+
+    def _may_hold_null(self, joined: str) -> bool:
+        if self._empty_is_null and (not joined or "\n\n" in joined or joined[0] == "\n" or joined[-1] == "\n"):
+            return True
+        if not any(c in joined for c in self._null_initials):
+            return False
+        padded = "\n" + joined + "\n"
+        return any(p in padded for p in self._null_probes)
+
+    def quarantine_row(self, line: int, column: str | None, raw_value: str | None, reason: str,
+                       record: list[str] | None) -> None:
+        """Keep a row that cannot load: its position, column, raw value, reason and whole record."""
+        self.quarantined += 1
+        if record is None:
+            record_json = None
+        elif len(record) == len(self.columns):
+            record_json = json.dumps(dict(zip(self.columns, record)), ensure_ascii=False)
+        else:
+            record_json = json.dumps(record, ensure_ascii=False)
+        self.quarantine.write("\t".join(_copy_value(v) for v in (str(line), column, raw_value, reason, record_json)) + "\n")
+
+
+class _Rows:
+    """Row ``i`` of a block of columns, built only for the rows that are quarantined."""
+
+    def __init__(self, columns: list[list[str]]):
+        self.columns = columns
+
+    def __getitem__(self, i: int) -> list[str]:
+        return [c[i] for c in self.columns]
+
+
+_WS_FIRST = (" ", "\t")
+_EDGE_PROBES = ("\n ", "\n\t", " \n", "\t\n")
+
+
+def _copy_value(value: str | None) -> str:
+    if value is None:
+        return "\\N"
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_column(values: list[str | None], joined: str | None = None, has_null: bool = True) -> list[str]:
+    """COPY text encoding of a column; only columns that hold special characters pay per value.
+
+    ``joined`` is the column's non-NULL values joined by newlines, when the caller has it.
+    """
+    if joined is None:
+        joined = "\n".join(v for v in values if v is not None)
+        has_null = None in values
+    count = len(values) - values.count(None) if has_null else len(values)
+    if "\t" in joined or "\r" in joined or "\\" in joined or (joined.count("\n") != max(count - 1, 0)):
+        return ["\\N" if v is None else
+                v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+                for v in values]
+    if not has_null:
+        return values
+    return ["\\N" if v is None else v for v in values]
