@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg2  # noqa: E402
 
 from connectors import postgres, stats  # noqa: E402
-from streaming.batch import LandedFile, LoadContext, load_files  # noqa: E402
+from connectors.files import LandedFile, load_files  # noqa: E402
+from streaming.batch import LoadContext  # noqa: E402
 from streaming.config import Settings  # noqa: E402
 from streaming.metrics import Metrics  # noqa: E402
 

@@ -34,7 +34,8 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 import psycopg2  # noqa: E402
 
 from connectors.rest.client import poll  # noqa: E402
-from streaming.config import EndpointConfig, Settings  # noqa: E402
+from connectors.rest.config import EndpointConfig  # noqa: E402
+from streaming.config import Settings  # noqa: E402
 from streaming.daemon import Daemon  # noqa: E402
 
 PAGE = 1000

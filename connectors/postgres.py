@@ -236,6 +236,9 @@ class MergePlan:
     # Rejected reports whose rows exist only in their staging tables (endpoint records, which have no
     # file to keep in _rejected/): their rows go to quarantine with the rejection's reason.
     quarantine_rejected: bool = False
+    # Rejected inputs that stay where they are (objects in a bucket): each gets a quarantine row
+    # naming the input and the reason, besides its entry in the load history.
+    record_rejections: bool = False
 
 
 @dataclasses.dataclass
@@ -334,6 +337,11 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
                 "INSERT INTO {}.quarantine (load_id, dataset, file, line, column_name, raw_value, reason, record) "
                 "SELECT %s, %s, %s, line, column_name, raw_value, reason, record FROM {} ORDER BY line").format(
                 cat, sql.Identifier(plan.stage_schema, r.quarantine_table)), (load_id, plan.dataset, r.name))
+    if plan.record_rejections:
+        for r in plan.reports:
+            if r.status == "rejected":
+                cur.execute(sql.SQL("INSERT INTO {}.quarantine (load_id, dataset, file, reason) VALUES (%s, %s, %s, %s)")
+                            .format(cat), (load_id, plan.dataset, r.name, f"input rejected ({r.reason}): {r.detail}"))
     result.rows_in = sum(r.rows_in for r in staged)
     result.quarantined = sum(r.quarantined_rows for r in staged)
     if plan.quarantine_rejected:

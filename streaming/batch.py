@@ -1,108 +1,56 @@
-"""One load: files in, rows committed exactly once. Used by the daemon's foreachBatch and by ``ingest``.
+"""One load: a source's planned micro-batch in, rows committed exactly once, whatever the source.
 
-Runs on the driver. Files are parsed by file tasks (on executors through a Spark job, or on the driver
-when the whole batch is small, which saves the job's fixed cost); the merge is one transaction.
+Runs on the driver, in the daemon's ``foreachBatch`` (and in ``ingest``). The source plans the batch
+(:meth:`streaming.sources.Source.plan`): its stage tasks run on executors through a Spark job, or on
+the driver when the batch is small; here the template task is filled in, the tasks run, and the
+sink merges their staging tables with the ledger row in one transaction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
-
-import psycopg2
 import time
 import uuid
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
 
 from connectors import postgres
-from connectors.csvfile import FileReport, FileTask, plan_parts, run_file_task
-from connectors.rest.client import mask_url
-from connectors.rest.records import run_records_task
-from streaming.errors import FileRejected
-from streaming.config import CsvOptions, DatasetConfig, EndpointConfig, Settings
 from streaming.errors import BatchDataError, ShutdownRequested, SinkError, TransientSinkError
 from streaming.metrics import Metrics
-from streaming.naming import normalize_dataset_name
+from streaming.rowstage import StageReport, StageTask
+from streaming.sources import Batch, Dataset
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class LandedFile:
-    """A file to load: where it is now, and the name the user gave it."""
-
-    path: str
-    name: str
-
-    @property
-    def size(self) -> int:
-        try:
-            return os.path.getsize(self.path)
-        except OSError:
-            return 0
 
 
 @dataclasses.dataclass
 class LoadContext:
     """What every load needs; one per daemon (or per ``ingest`` run)."""
 
-    settings: Settings
+    settings: Any  # streaming.config.Settings
     dsn: str
     metrics: Metrics
     spark: object | None = None  # SparkSession; None = parse every file on the driver
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+    datasets_changed: Callable[[], None] = lambda: None  # a source found or lost datasets (any thread)
 
 
-def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
-               config: DatasetConfig | None = None, source: str | None = None) -> postgres.MergeResult:
-    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit)."""
-    cfg = config or ctx.settings.dataset(dataset)
-    options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
+def load_batch(ctx: LoadContext, dataset: Dataset, batch: Batch, stream: str, batch_id: int) -> postgres.MergeResult:
+    """Stage and merge micro-batch ``batch_id`` of ``stream`` into ``dataset``'s table, exactly once.
 
-    def stage(template: FileTask, token: str) -> list[FileReport]:
-        local = ctx.spark is None or sum(f.size for f in files) <= ctx.settings.landing.local_parse_bytes
-        return _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
-
-    table = normalize_dataset_name(dataset)
-    folder = Path(ctx.settings.landing.path).resolve() / dataset
-    return _commit(ctx, table, cfg, options, stream, batch_id, source or f"landing folder {folder}", stage, len(files))
-
-
-def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, batch_id: int) -> postgres.MergeResult:
-    """Load one micro-batch of an endpoint (a DataFrame of ``record, seq``) exactly once.
-
-    Each Spark partition is staged by a task on an executor; only its small report comes back.
+    Runs on the driver; the batch's stage tasks run where :attr:`Batch.stage` sends them.
     """
-    options = {"null_tokens": list(endpoint.null_tokens), "true_tokens": endpoint.true_tokens,
-               "false_tokens": endpoint.false_tokens, "date_formats": list(endpoint.date_formats),
-               "flatten_depth": endpoint.flatten_depth}
-
-    def stage(template: FileTask, token: str) -> list[FileReport]:
-        template = dataclasses.replace(template, name=f"endpoint {endpoint.name} batch {batch_id}",
-                                       path=mask_url(endpoint.url))
-
-        def run(index: int, rows):
-            rows = [(r[0], r[1]) for r in rows]
-            if rows:
-                stage_table, quarantine = postgres.stage_names(token, index)
-                # seq 0 for every part: rows order by their position in the batch (_ord) alone, so
-                # the last occurrence of a key wins however Spark partitioned the records.
-                yield run_records_task(dataclasses.replace(
-                    template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
-
-        ctx.spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
-        return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
-
-    return _commit(ctx, endpoint.name, endpoint, options, stream, batch_id, mask_url(endpoint.url), stage, 0)
+    return _commit(ctx, dataset.table, dataset.config, batch, stream, batch_id)
 
 
-def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
-            stage, files: int) -> postgres.MergeResult:
+def _commit(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_id: int) -> postgres.MergeResult:
     """Stage and merge a batch (see _commit_batch); a batch that fails is counted in the metrics."""
     try:
-        return _commit_batch(ctx, table, cfg, options, stream, batch_id, source, stage, files)
+        return _commit_batch(ctx, table, cfg, batch, stream, batch_id)
     except ShutdownRequested:
         raise
     except BaseException:
@@ -110,9 +58,8 @@ def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch
         raise
 
 
-def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
-                  stage, files: int) -> postgres.MergeResult:
-    """Stage a batch with ``stage(template, token)`` and merge it, exactly once.
+def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_id: int) -> postgres.MergeResult:
+    """Stage a batch with ``batch.stage(template, token)`` and merge it, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
 
@@ -143,17 +90,18 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
     finally:
         if conn is not None:
             conn.close()
-    template = FileTask(
+    template = StageTask(
         path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
-        quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
+        quarantine_table="", options=batch.options, table_types=table_types, hints=dict(cfg.columns),
         primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change)
-    reports = stage(template, stage_token())
+    reports = batch.stage(template, stage_token())
+    keeps = batch.keeps_rejected_input
     plan = postgres.MergePlan(
-        dataset=dataset, source=source, table_schema=pg.schema_name, table=table,
+        dataset=dataset, source=batch.source, table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files)
+        quarantine_rejected=not keeps, record_rejections=batch.record_rejections)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
@@ -162,22 +110,22 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         try:
             result = postgres.merge(ctx.dsn, plan)
         except BatchDataError as exc:
-            # Retrying cannot help: record the batch with its files rejected, so the dataset moves on.
+            # Retrying cannot help: record the batch with its input rejected, so the dataset moves on.
             # Files keep their rows in _rejected/; endpoint records move from staging to quarantine.
-            plan.quarantine_rejected = not files
-            log.error("%s; the batch's %s", exc, "files are rejected" if files else "records go to quarantine")
-            if files:
-                _drop_reports(ctx, plan.reports)
+            log.error("%s; the batch's %s", exc, "input is rejected" if keeps else "records go to quarantine")
+            if keeps:
+                drop_reports(ctx, plan.reports)
             for r in plan.reports:
                 if r.status == "staged":
                     r.status, r.reason, r.detail = "rejected", "load_failed", f"{r.name}: {exc}"
             result = postgres.merge(ctx.dsn, plan)
     except BaseException:
-        _drop_reports(ctx, plan.reports)
+        drop_reports(ctx, plan.reports)
         raise
     seconds = time.monotonic() - started
     # Per file, not per part: a large file parsed in parts is one file here.
     rejected = sum(1 for f in result.files if f["status"] == "rejected")
+    files = batch.files
     ctx.metrics.record_load(dataset, result, seconds, len(result.files) - rejected if files else 0)
     log.info("dataset=%s batch=%s load=%s files=%d rows_in=%d loaded=%d quarantined=%d duplicates=%d "
              "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, files, result.rows_in,
@@ -191,77 +139,8 @@ def stage_token() -> str:
     return f"{int(time.time()):08x}{uuid.uuid4().hex[:6]}"
 
 
-def _plan_tasks(ctx: LoadContext, template: FileTask, files: list[LandedFile], token: str,
-                split: bool) -> list[FileTask | FileReport]:
-    """One task per file; with ``split``, a large file becomes one task per part (per Spark core)."""
-    parallelism = ctx.spark.sparkContext.defaultParallelism if split else 1
-    tasks: list[FileTask | FileReport] = []
-    for seq, f in enumerate(files):
-        plan = None
-        if parallelism > 1 and f.size > ctx.settings.landing.split_bytes:
-            try:
-                plan = plan_parts(f.path, f.name, template.options, parallelism)
-            except FileRejected as exc:
-                tasks.append(FileReport(f.name, f.path, seq, "rejected", exc.reason, exc.detail, diff=exc.diff))
-                continue
-        ranges = plan.ranges if plan else ((0, None, 1),)
-        for part, (start, end, first_line) in enumerate(ranges):
-            stage, quarantine = postgres.stage_names(token, f"{seq}_{part}")
-            tasks.append(dataclasses.replace(
-                template, path=f.path, name=f.name, seq=seq, stage_table=stage, quarantine_table=quarantine,
-                part=part, start=start, end=end, first_line=first_line,
-                header=plan.header if plan else None, encoding=plan.encoding if plan else None,
-                delimiter=plan.delimiter if plan else None, last_part=part == len(ranges) - 1))
-    return tasks
-
-
-def _run_tasks(ctx: LoadContext, planned: list[FileTask | FileReport], local: bool) -> list[FileReport]:
-    """Run the file tasks: on the driver for a small batch, else as one Spark job."""
-    tasks = [t for t in planned if isinstance(t, FileTask)]
-    done = [t for t in planned if isinstance(t, FileReport)]
-    if not tasks:
-        return done
-    if local:
-        return done + [run_file_task(t) for t in tasks]
-    reports = _spark_job(ctx, tasks)
-    reports = _reject_whole_files(ctx, reports)
-    bad = {r.seq for r in reports if r.bad_cut}
-    if bad:
-        # A cut was not a record boundary: parse those files again in one piece.
-        _drop_reports(ctx, [r for r in reports if r.seq in bad])
-        redo = [dataclasses.replace(t, stage_table=t.stage_table + "w", quarantine_table=t.quarantine_table + "w",
-                                    part=0, start=0, end=None, first_line=1, header=None, last_part=True)
-                for t in tasks if t.seq in bad and t.part == 0]
-        log.info("dataset=%s: re-parsing %s in one piece (a part boundary fell inside a quoted field)",
-                 tasks[0].dataset, ", ".join(t.name for t in redo))
-        reports = [r for r in reports if r.seq not in bad] + _spark_job(ctx, redo)
-    return done + reports
-
-
-def _reject_whole_files(ctx: LoadContext, reports: list[FileReport]) -> list[FileReport]:
-    """A file is rejected whole: when one of its parts is rejected, its other parts are dropped too."""
-    rejected = {r.seq: r for r in reports if r.status == "rejected"}
-    if not rejected:
-        return reports
-    _drop_reports(ctx, [r for r in reports if r.seq in rejected])
-    for r in reports:
-        first = rejected[r.seq] if r.seq in rejected else None
-        if first is not None and r is not first and r.status == "rejected" and r.diff:
-            first.diff = first.diff or {}
-            for key, value in r.diff.items():  # e.g. changed types found in different parts
-                if isinstance(value, dict):
-                    first.diff.setdefault(key, {}).update(value)
-    return [r for r in reports if r.seq not in rejected] + list(rejected.values())
-
-
-def _spark_job(ctx: LoadContext, tasks: list[FileTask]) -> list[FileReport]:
-    sc = ctx.spark.sparkContext
-    sc.setJobDescription(f"dataops: stage {len(tasks)} part(s) of {tasks[0].dataset}")
-    # One Spark task per file part; the job returns one small report per part.
-    return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
-
-
-def _drop_reports(ctx: LoadContext, reports: list[FileReport]) -> None:
+def drop_reports(ctx: LoadContext, reports: list[StageReport]) -> None:
+    """Drop the staging tables of ``reports`` (driver); a failure is left to the stale-stage sweep."""
     try:
         conn = postgres.connect(ctx.dsn)
         try:

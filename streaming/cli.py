@@ -127,7 +127,8 @@ def cmd_run(args, settings) -> int:
 
 def cmd_ingest(args, settings) -> int:
     from connectors import postgres
-    from streaming.batch import LandedFile, LoadContext, load_files
+    from connectors.files import LandedFile, load_files
+    from streaming.batch import LoadContext
     from streaming.metrics import Metrics
 
     path = Path(args.file)

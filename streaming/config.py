@@ -6,10 +6,11 @@ message naming the key.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -55,6 +56,9 @@ def canonical_type(name: str) -> str:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Section = _Section  # public: the base of every source's config model
 
 
 class PostgresConfig(_Section):
@@ -193,138 +197,6 @@ class DatasetConfig(CsvOptions, LoadOptions):
     """A landing-folder dataset: how its files are read and how they land."""
 
 
-class BearerAuth(_Section):
-    type: Literal["bearer"]
-    token_env: str = Field(description="environment variable holding the token")
-
-
-class BasicAuth(_Section):
-    type: Literal["basic"]
-    username_env: str
-    password_env: str
-
-
-class ApiKeyAuth(_Section):
-    type: Literal["api_key"]
-    name: str = Field(description="header or query parameter name")
-    in_: Literal["header", "query"] = Field("header", alias="in")
-    value_env: str
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class NoPagination(_Section):
-    type: Literal["none"] = "none"
-
-
-class LinkHeaderPagination(_Section):
-    type: Literal["link_header"]
-
-
-class PageNumberPagination(_Section):
-    type: Literal["page_number"]
-    param: str = "page"
-    start: int = 1
-    size_param: str | None = None
-    size: int | None = Field(None, ge=1)
-
-
-class OffsetPagination(_Section):
-    type: Literal["offset"]
-    offset_param: str = "offset"
-    limit_param: str = "limit"
-    limit: int = Field(100, ge=1)
-
-
-class CursorPagination(_Section):
-    type: Literal["cursor"]
-    cursor_path: str = Field(description="dotted path to the next cursor in the response body")
-    param: str = "cursor"
-
-
-class NextUrlPagination(_Section):
-    type: Literal["next_url"]
-    next_url_path: str = Field(description="dotted path to the next page's URL in the response body")
-
-
-Pagination = Annotated[
-    NoPagination | LinkHeaderPagination | PageNumberPagination | OffsetPagination | CursorPagination
-    | NextUrlPagination,
-    Field(discriminator="type"),
-]
-Auth = Annotated[BearerAuth | BasicAuth | ApiKeyAuth, Field(discriminator="type")]
-
-
-class IncrementalConfig(_Section):
-    cursor_field: str = Field(description="dotted path in each record to the field that grows with every change")
-    param: str = Field(description="query parameter that asks the API for records since a cursor value")
-    initial_value: str | None = Field(None, description="cursor sent by a new query; None = everything")
-
-
-class EndpointConfig(LoadOptions):
-    """A REST endpoint polled as a streaming source; its records land in the table ``name``."""
-
-    name: str
-    url: str
-    method: Literal["GET", "POST"] = "GET"
-    params: dict[str, Any] = Field(default_factory=dict)
-    headers: dict[str, str] = Field(default_factory=dict)
-    auth: Auth | None = None
-    records_path: str | None = Field(None, description="dotted path to the list of records; None = the body")
-    pagination: Pagination = Field(default_factory=NoPagination)
-    incremental: IncrementalConfig | None = None
-    poll_interval: float = Field(30.0, gt=0)
-    timeout: float = Field(10.0, gt=0)
-    max_pages_per_batch: int = Field(100, ge=1)
-    max_retries: int = Field(5, ge=0, description="retries of one request after timeouts, 5xx and 429")
-    backoff: float = Field(0.5, ge=0, description="first retry delay; doubles each retry, with jitter")
-    max_backoff: float = Field(30.0, ge=0)
-    null_tokens: list[str] = Field(default_factory=list, description="strings that mean null besides JSON null and \"\"")
-    flatten_depth: int = Field(1, ge=0, description="levels of nested objects opened into owner__login columns")
-    date_formats: list[str] = Field(default_factory=list, description="strptime formats besides ISO 8601")
-
-    _check_formats = field_validator("date_formats")(CsvOptions._formats.__func__)
-
-    @field_validator("name")
-    @classmethod
-    def _table_name(cls, v: str) -> str:
-        return normalize_dataset_name(v)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"url {v!r} must be an http:// or https:// URL")
-        return v
-
-    @field_validator("pagination", mode="before")
-    @classmethod
-    def _pagination_shorthand(cls, v: Any) -> Any:
-        return {"type": v} if isinstance(v, str) else v
-
-    @field_validator("poll_interval", "timeout", "backoff", "max_backoff", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> float:
-        return parse_duration(v)
-
-    @property
-    def true_tokens(self) -> list[str]:
-        return list(DEFAULT_TRUE_TOKENS)
-
-    @property
-    def false_tokens(self) -> list[str]:
-        return list(DEFAULT_FALSE_TOKENS)
-
-    def fingerprint(self) -> str:
-        """A stable digest of the whole entry: a changed digest restarts the endpoint's query."""
-        import hashlib
-        import json
-
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
-
-
 def _normalized_name(name: str, key: str) -> str:
     normalized = normalize_identifier(name)
     if normalized != name:
@@ -332,8 +204,11 @@ def _normalized_name(name: str, key: str) -> str:
     return name
 
 
-class Settings(BaseSettings):
-    """The whole configuration. Load it with :func:`load_settings`."""
+class CoreSettings(BaseSettings):
+    """The core sections of the configuration; :data:`Settings` adds every source's own section.
+
+    Load it with :func:`load_settings`.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="DATAOPS_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -346,7 +221,6 @@ class Settings(BaseSettings):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     csv: CsvOptions = Field(default_factory=CsvOptions, description="defaults for every dataset")
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
-    endpoints: list[EndpointConfig] = Field(default_factory=list, description="REST endpoints polled as sources")
 
     yaml_file_path: ClassVar[str | None] = None
 
@@ -380,18 +254,30 @@ class Settings(BaseSettings):
         return merged
 
     @model_validator(mode="after")
-    def _unique_endpoints(self) -> "Settings":
-        seen: set[str] = set()
-        for ep in self.endpoints:
-            if ep.name in seen:
-                raise ValueError(f"endpoints: two entries are named {ep.name!r}")
-            if ep.name in self.datasets:
-                raise ValueError(f"endpoints: {ep.name!r} is also a landing dataset; give the endpoint its own name")
-            seen.add(ep.name)
+    def _one_dataset_per_table(self) -> "CoreSettings":
+        """No two datasets, of whatever sources, load the same table."""
+        from streaming.sources import registry
+
+        owners: dict[str, str] = {}
+        for source in registry().values():
+            for table in source.declared_tables(self):
+                where = source.describe_table(table)
+                if table in owners:
+                    raise ValueError(f"{where}: table {table!r} is also loaded by {owners[table]}; "
+                                     f"give each dataset its own name")
+                owners[table] = where
         return self
 
-    def endpoint(self, name: str) -> EndpointConfig | None:
-        return next((ep for ep in self.endpoints if ep.name == normalize_dataset_name(name)), None)
+    def section(self, name: str) -> Any:
+        """A source's config section (its default when this settings model has no such field)."""
+        if name in type(self).model_fields:
+            return getattr(self, name)
+        from streaming.sources import registry
+
+        for source in registry().values():
+            if source.section == name:
+                return source.section_default()
+        raise KeyError(name)
 
     def dataset(self, name: str) -> DatasetConfig:
         """The configuration of a dataset: its own entry, else the CSV defaults with append mode."""
@@ -405,7 +291,7 @@ class Settings(BaseSettings):
         return self.postgres.dsn.get_secret_value() if self.postgres.dsn else None
 
 
-def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> CoreSettings:
     """Read the YAML file (``path`` or ``$DATAOPS_CONFIG``), apply env overrides, validate.
 
     Raises:
@@ -416,7 +302,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         raise ConfigError(f"config file {path} does not exist")
     _check_yaml(path)
 
-    class _Loaded(Settings):
+    class _Loaded(settings_model()):
         yaml_file_path = str(path) if path else None
 
     try:
@@ -426,8 +312,13 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
             f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
-    # Dataset entries inherit the top-level csv defaults for fields they do not set themselves.
-    for ds in loaded.datasets.values():
+    # Dataset entries (and sources' entries that read CSV, like object stores) inherit the top-level
+    # csv defaults for fields they do not set themselves.
+    entries = list(loaded.datasets.values())
+    for name in type(loaded).model_fields.keys() - CoreSettings.model_fields.keys():
+        value = getattr(loaded, name)
+        entries += [e for e in (value if isinstance(value, list) else [value]) if isinstance(e, CsvOptions)]
+    for ds in entries:
         for field in CsvOptions.model_fields:
             if field not in ds.model_fields_set:
                 setattr(ds, field, getattr(loaded.csv, field))
@@ -445,3 +336,24 @@ def _check_yaml(path: str | os.PathLike | None) -> None:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if content is not None and not isinstance(content, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections (postgres, landing, ...)")
+
+
+@functools.cache
+def settings_model() -> type[CoreSettings]:
+    """The settings model: the core sections plus the section each registered source contributes
+    (``endpoints:``, ``object_stores:``, ...), so env overrides and unknown-key checks cover them."""
+    from pydantic import create_model
+
+    from streaming.sources import registry
+
+    fields = {source.section: (source.section_model, Field(default_factory=source.section_default))
+              for source in registry().values() if source.section}
+    return create_model("Settings", __base__=CoreSettings, __module__=__name__, **fields)
+
+
+def __getattr__(name: str) -> Any:
+    # ``Settings`` is built on first use: the sources' sections are known only once the entry points
+    # are read, and those import this module.
+    if name == "Settings":
+        return settings_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

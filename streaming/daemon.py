@@ -1,9 +1,10 @@
-"""The daemon: one supervised streaming query per dataset, a landing watcher, metrics, clean shutdown.
+"""The daemon: one supervised streaming query per dataset, whatever its source; metrics; clean shutdown.
 
-Each dataset's query is a Spark file stream over its inbox whose micro-batches carry file paths
-only (Spark checkpoints which files each batch owns); ``foreachBatch`` hands them to
-:func:`streaming.batch.load_files`, which commits rows and ledger in one transaction. A query that
-fails is restarted with backoff while the others keep running.
+Every registered source (:mod:`streaming.sources`) says which datasets it feeds and builds each
+one's Spark stream; ``foreachBatch`` asks the source to plan the micro-batch and hands it to
+:func:`streaming.batch.load_batch`, which commits rows and ledger in one transaction, then lets the
+source finish its input. A query that fails is restarted with backoff while the others keep
+running; a dataset added or removed (a new landing folder, a config edit) starts or stops its query.
 """
 
 from __future__ import annotations
@@ -20,20 +21,15 @@ from pathlib import Path
 import psycopg2
 
 from connectors import postgres
-from connectors.landing import Landing
-from connectors.rest.client import mask_url
-from connectors.rest.events import EventReceiver
-from connectors.rest.source import SOURCE_NAME, RestDataSource
-from streaming.batch import LandedFile, LoadContext, load_files, load_records
-from streaming.config import EndpointConfig, Settings, load_settings
+from streaming.batch import LoadContext, load_batch
+from streaming.config import load_settings
 from streaming.errors import ConfigError, ShutdownRequested, TransientSinkError
 from streaming.health import HealthServer
 from streaming.metrics import Metrics, progress_listener
-from streaming.naming import normalize_dataset_name
+from streaming.sources import Dataset, Source, registry, stream_id
 
 log = logging.getLogger(__name__)
 
-BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
 MAX_BACKOFF_SECONDS = 60.0
 TRANSIENT_RETRY_SECONDS = 300.0
 STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch (or ingest)
@@ -41,41 +37,47 @@ STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch 
 
 @dataclasses.dataclass
 class _Query:
-    dataset: str  # the landing folder's name, or the endpoint's
-    table: str  # the dataset's table name: its name in the catalog, metrics and logs
+    source: Source
+    dataset: Dataset
     query: object | None = None
     failures: int = 0
     restart_at: float = 0.0
     batch_active: bool = False
-    endpoint: EndpointConfig | None = None  # set for a REST endpoint's query
-    last_error: str | None = None  # the endpoint's last failed poll, cleared by a good one
-    error_repeats: int = 0
     stopping: threading.Thread | None = None  # a stop in progress (config change): no restart before it ends
 
     @property
     def key(self) -> str:
-        return f"endpoint:{self.table}" if self.endpoint is not None else self.dataset
+        return self.source.query_key(self.dataset)
+
+    @property
+    def table(self) -> str:
+        return self.dataset.table
+
+    @property
+    def what(self) -> str:
+        return f"dataset {self.dataset.name}" if self.dataset.name == self.table else \
+            f"dataset {self.table} ({self.dataset.name})"
 
 
 class Daemon:
     """Runs until :meth:`request_stop` (SIGTERM / SIGINT); :meth:`run` returns the exit code."""
 
-    def __init__(self, settings: Settings, dsn: str, metrics: Metrics | None = None, grace_seconds: float = 60.0,
+    def __init__(self, settings, dsn: str, metrics: Metrics | None = None, grace_seconds: float = 60.0,
                  spark=None, stop_event: threading.Event | None = None, config_path: str | None = None):
         self.settings = settings
         self.config_path = config_path
         self._config_watch: ConfigWatch | None = None
-        self._events: EventReceiver | None = None
-        self._stoppers: list[threading.Thread] = []  # queries of removed or changed endpoints, stopping
+        self._stoppers: list[threading.Thread] = []  # queries of removed or changed datasets, stopping
         self.metrics = metrics or Metrics()
-        self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics)
+        self._datasets_changed = threading.Event()
+        self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics,
+                               datasets_changed=self._datasets_changed.set)
         self.grace_seconds = grace_seconds
         self.stop_event = stop_event or threading.Event()
         self.queries: dict[str, _Query] = {}
+        self._refused: set[str] = set()  # datasets whose table another dataset loads (logged once)
         self._lock = threading.Lock()
-        self.landing = Landing(settings.landing.path, settings.landing.settle_seconds,
-                               settings.landing.scan_interval, on_dataset=self._dataset_found,
-                               metrics=self.metrics)
+        self.sources: list[Source] = [cls(self.ctx) for cls in registry().values()]
         self.spark = spark
         self._owns_spark = spark is None
         self._signals = 0
@@ -109,18 +111,19 @@ class Daemon:
         if self.stop_event.is_set():  # asked to stop while Spark was starting
             self._shutdown()
             return 0
-        self.spark.dataSource.register(RestDataSource)
-        self._events = EventReceiver(self._endpoint_event).start()
-        for endpoint in self.settings.endpoints:
-            self._add_endpoint(endpoint)
+        started: list[Source] = []
+        try:
+            for source in self.sources:
+                source.start(self.spark)
+                started.append(source)
+        except BaseException:
+            self.sources = started
+            self._shutdown()
+            raise
         if self.config_path:
             self._config_watch = ConfigWatch(self.config_path).start()
-        self.landing.start()
-        self._finish_committed_files()
+        self._sync_datasets()
         self.running = True
-        log.info("watching %s; %d dataset(s): %s; %d endpoint(s): %s", self.landing.root,
-                 len(self.landing.datasets()), ", ".join(self.landing.datasets()) or "none yet",
-                 len(self.settings.endpoints), ", ".join(e.name for e in self.settings.endpoints) or "none")
         try:
             while not self.stop_event.wait(0.5):
                 self._supervise()
@@ -147,12 +150,18 @@ class Daemon:
             delay = min(delay * 2, 30.0)
 
     def readiness(self) -> tuple[bool, dict]:
-        """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers."""
-        queries = {q.key: "running" if q.query is not None and q.query.isActive else
-                   ("restarting" if q.failures else "starting") for q in list(self.queries.values())
-                   if q.failures >= 0}  # < 0: a landing folder ignored (logged), not a query
-        # A failing API is reported, but does not make the daemon unready: restarting it cannot help.
-        endpoints = {q.table: q.last_error or "ok" for q in list(self.queries.values()) if q.endpoint is not None}
+        """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers.
+
+        Each source with a ``status_section`` reports its datasets' input there (e.g. a failing
+        API under ``endpoints``); a failing input does not make the daemon unready.
+        """
+        queries = list(self.queries.values())
+        states = {q.key: "running" if q.query is not None and q.query.isActive else
+                  ("restarting" if q.failures else "starting") for q in queries}
+        inputs: dict[str, dict[str, str]] = {s.status_section: {} for s in self.sources if s.status_section}
+        for q in queries:
+            if q.source.status_section:
+                inputs[q.source.status_section][q.table] = q.source.status(q.dataset)
         try:
             conn = postgres.connect(self.ctx.dsn, connect_timeout=3)
             try:
@@ -166,8 +175,8 @@ class Daemon:
         self.metrics.postgres_up.set(1 if database == "ok" else 0)
         state = "running" if self.running and not self.stop_event.is_set() else (
             "stopping" if self.stop_event.is_set() else "starting")
-        ready = state == "running" and database == "ok" and all(v == "running" for v in queries.values())
-        return ready, {"daemon": state, "postgres": database, "queries": queries, "endpoints": endpoints}
+        ready = state == "running" and database == "ok" and all(v == "running" for v in states.values())
+        return ready, {"daemon": state, "postgres": database, "queries": states, **inputs}
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -186,7 +195,6 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.running = False
-        self.landing.stop()
         if self._config_watch is not None:
             self._config_watch.stop()
         self.ctx.stopping.set()  # batches not yet started are abandoned; they replay on the next start
@@ -198,12 +206,15 @@ class Daemon:
         for q in self.queries.values():
             if q.batch_active:
                 log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
-                            "restart)", q.dataset, self.grace_seconds)
+                            "restart)", q.dataset.name, self.grace_seconds)
             if q.query is not None:
-                _stop_quietly(q.query, q.dataset)
+                _stop_quietly(q.query, q.dataset.name)
             self.metrics.query_up.labels(q.table).set(0)
-        if self._events is not None:
-            self._events.stop()
+        for source in self.sources:
+            try:
+                source.stop()
+            except Exception as exc:  # one source failing to stop must not keep the others running
+                log.warning("source %s: stop failed: %s", source.kind, exc)
         if self.spark is not None and self._listener is not None:
             self.spark.streams.removeListener(self._listener)
         if self.spark is not None and self._owns_spark:
@@ -212,28 +223,47 @@ class Daemon:
             self.health.stop()
         log.info("stopped")
 
-    # --- queries -----------------------------------------------------------------------------
-    def _dataset_found(self, dataset: str) -> None:
-        table = normalize_dataset_name(dataset)
+    # --- datasets ----------------------------------------------------------------------------
+    def _sync_datasets(self) -> None:
+        """Match the queries to the sources' datasets: start new ones, stop removed ones, restart
+        changed ones. No two datasets load the same table, whatever their sources."""
+        self._datasets_changed.clear()
+        wanted: dict[str, tuple[Source, Dataset]] = {}
+        for source in self.sources:
+            try:
+                found = source.datasets()
+            except Exception as exc:  # a source that cannot list its datasets keeps its running queries
+                log.error("source %s: cannot list datasets: %s", source.kind, _first_line(exc))
+                wanted.update({k: (q.source, q.dataset) for k, q in self.queries.items() if q.source is source})
+                continue
+            for dataset in found:
+                wanted[source.query_key(dataset)] = (source, dataset)
+        removed: list[_Query] = []
         with self._lock:
-            if dataset in self.queries:
-                return
-            if self.settings.endpoint(table) is not None:
-                log.error("dataset=%s: landing folder ignored: endpoint %s loads table %s", dataset, table, table)
-                self.queries[dataset] = _Query(dataset, table, failures=-1)
-                return
-            self.queries[dataset] = _Query(dataset, table)
-        log.info("dataset=%s: new landing folder", dataset)
-
-    def _add_endpoint(self, endpoint: EndpointConfig) -> None:
-        with self._lock:
-            q = _Query(endpoint.name, endpoint.name, endpoint=endpoint)
-            self.queries[q.key] = q
-        log.info("endpoint=%s: polling %s every %gs", endpoint.name, mask_url(endpoint.url), endpoint.poll_interval)
-        if endpoint.incremental is None and endpoint.mode == "append" and not endpoint.primary_key:
-            log.warning("endpoint=%s: a snapshot endpoint (no incremental) in append mode without a primary_key "
-                        "appends the whole response at every poll; use mode upsert with a primary_key, or "
-                        "incremental", endpoint.name)
+            for key in list(self.queries):
+                if key not in wanted:
+                    removed.append(self.queries.pop(key))
+            tables = {q.table: q for q in self.queries.values()}
+            for key, (source, dataset) in wanted.items():
+                q = self.queries.get(key)
+                if q is not None:
+                    if dataset.fingerprint != q.dataset.fingerprint:
+                        self._stop_query(q)
+                        q.dataset, q.failures, q.restart_at = dataset, 0, 0.0
+                    continue
+                other = tables.get(dataset.table)
+                if other is not None:
+                    if key not in self._refused:
+                        self._refused.add(key)
+                        log.error("dataset=%s: ignored: %s already loads table %s", dataset.name, other.key,
+                                  dataset.table)
+                    continue
+                self._refused.discard(key)
+                self.queries[key] = tables[dataset.table] = _Query(source, dataset)
+                log.info("dataset=%s: new %s dataset (table %s)", dataset.name, source.kind, dataset.table)
+        for q in removed:
+            self._stop_query(q)
+            log.info("dataset=%s: removed; its query stopped", q.dataset.name)
 
     def _stop_query(self, q: _Query) -> None:
         """Stop a query in the background: its batch in flight may wait out PostgreSQL or a
@@ -243,80 +273,48 @@ class Daemon:
         if query is None:
             return
 
-        q.stopping = threading.Thread(target=_stop_quietly, args=(query, q.dataset), name=f"dataops-stop-{q.table}",
-                                      daemon=True)
+        q.stopping = threading.Thread(target=_stop_quietly, args=(query, q.dataset.name),
+                                      name=f"dataops-stop-{q.table}", daemon=True)
         q.stopping.start()
         self._stoppers = [t for t in self._stoppers if t.is_alive()] + [q.stopping]
 
     def _reload_config(self) -> None:
-        """Apply an edited config file's endpoints: add, remove and restart changed ones."""
+        """Apply an edited config file's source sections (endpoints, object stores, ...) while running."""
         try:
             fresh = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config %s: edit refused, running endpoints continue unchanged: %s", self.config_path, exc)
+            log.error("config %s: edit refused, running datasets continue unchanged: %s", self.config_path, exc)
             return
-        old = {e.name: e for e in self.settings.endpoints}
-        new = {e.name: e for e in fresh.endpoints}
         with self._lock:
-            folders = {q.table for q in self.queries.values() if q.endpoint is None and q.failures >= 0}
-            clash = [n for n in new if n not in old and n in folders]
-            if clash:
-                log.error("config %s: edit refused: endpoint(s) %s would load the table of a landing folder",
-                          self.config_path, ", ".join(clash))
-                return
-            removed = [self.queries.pop(f"endpoint:{name}", None) for name in old.keys() - new.keys()]
-        for q in removed:
-            if q is not None:
-                self._stop_query(q)
-                log.info("endpoint=%s: removed from the config; polling stopped", q.table)
-        for name, endpoint in new.items():
-            if name not in old:
-                self._add_endpoint(endpoint)
-            elif endpoint.fingerprint() != old[name].fingerprint():
-                q = self.queries.get(f"endpoint:{name}")
-                if q is not None:
-                    self._stop_query(q)
-                    q.endpoint, q.failures, q.restart_at, q.last_error = endpoint, 0, 0.0, None
-                log.info("endpoint=%s: changed in the config; query restarted", name)
-        self.settings.endpoints = fresh.endpoints
-        if fresh.model_dump(exclude={"endpoints"}) != self.settings.model_dump(exclude={"endpoints"}):
-            log.warning("config %s: changes outside endpoints take effect at the next restart", self.config_path)
-
-    def _endpoint_event(self, event: dict) -> None:
-        """An event from an endpoint's stream reader (see connectors.rest.events)."""
-        name = str(event.get("endpoint", ""))
-        kind = event.get("event")
-        if kind == "request":
-            self.metrics.api_requests.labels(name, str(event.get("code", "error"))).inc()
-        elif kind == "retry":
-            self.metrics.api_retries.labels(name).inc()
-        q = self.queries.get(f"endpoint:{name}")
-        if kind == "error":
-            message = str(event.get("message"))[:500]
-            self.metrics.api_errors.labels(name, str(event.get("kind", "error"))).inc()
-            repeats = q.error_repeats + 1 if q is not None and q.last_error == message else 1
-            # The same failure every poll is logged once, then every tenth time.
-            if repeats == 1 or repeats % 10 == 0:
-                log.error("endpoint=%s: poll failed%s: %s", name, f" ({repeats} times in a row)" if repeats > 1 else "",
-                          message)
-            if q is not None:
-                q.last_error, q.error_repeats = message, repeats
-        elif kind == "poll":
-            if q is not None and q.last_error:
-                log.info("endpoint=%s: polling again (%s records)", name, event.get("records"))
-                q.last_error, q.error_repeats = None, 0
-            log.debug("endpoint=%s: poll fetched %s record(s) in %s page(s)", name, event.get("records"),
-                      event.get("pages"))
+            running = {q.table: q for q in self.queries.values()}
+        clash = [f"{source.describe_table(t)} would load the table of {running[t].key}"
+                 for source in self.sources for t in source.declared_tables(fresh)
+                 if t in running and running[t].source is not source]
+        if clash:
+            log.error("config %s: edit refused: %s", self.config_path, "; ".join(clash))
+            return
+        sections = {s.section for s in self.sources if s.section}
+        changed_elsewhere = fresh.model_dump(exclude=sections) != self.settings.model_dump(exclude=sections)
+        # Only the sources' own sections apply while running; the rest waits for a restart.
+        for section in sections:
+            setattr(self.settings, section, getattr(fresh, section))
+        for source in self.sources:
+            source.reconfigure(self.settings)
+        self._sync_datasets()
+        if changed_elsewhere:
+            log.warning("config %s: changes outside %s take effect at the next restart", self.config_path,
+                        ", ".join(sorted(sections)) or "the source sections")
 
     def _supervise(self) -> None:
         now = time.monotonic()
         if self._config_watch is not None and self._config_watch.due():
             self._reload_config()
+        if self._datasets_changed.is_set():
+            self._sync_datasets()
         for q in list(self.queries.values()):
-            if q.failures < 0:  # a folder that cannot get a query
-                continue
-            if q.endpoint is None:
-                self.metrics.files_pending.labels(q.table).set(self.landing.pending_count(q.dataset))
+            pending = q.source.pending(q.dataset)
+            if pending is not None:
+                self.metrics.files_pending.labels(q.table).set(pending)
             if q.query is not None and q.query.isActive:
                 continue
             if q.stopping is not None:
@@ -336,55 +334,17 @@ class Daemon:
         q.restart_at = now + backoff
         self.metrics.query_up.labels(q.table).set(0)
         self.metrics.query_restarts.labels(q.table).inc()
-        log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset, _first_line(error), backoff)
+        log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset.name, _first_line(error), backoff)
 
     def _start(self, q: _Query) -> None:
-        if q.endpoint is not None:
-            self._start_endpoint(q)
-            return
-        dataset = q.dataset
-        inbox = self.landing.inbox(dataset)
-        inbox.mkdir(parents=True, exist_ok=True)
-        cfg = self.settings.dataset(dataset)
+        """Start ``q``'s query over its source's stream; each micro-batch is planned by the source,
+        loaded by :func:`load_batch` and finished by the source.
 
-        def load_batch(df, batch_id: int, stream: str) -> None:
-            paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
-            if paths:
-                files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
-                self._load_with_retry(dataset, files, stream, batch_id)
-
-        # Overwrite loads one file per batch, so each file replaces the table in arrival order.
-        max_files = 1 if cfg.mode == "overwrite" else self.settings.landing.max_files_per_batch
-        # maxFileAge: the landing watcher stamps arrival time on every file, and none may be skipped.
-        stream = (self.spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
-                  .option("maxFilesPerTrigger", max_files).option("maxFileAge", "36500d")
-                  .load(str(inbox)).select("path"))
-        self._launch(q, stream, "landing", f"dataset {dataset}", int(self.settings.spark.trigger_seconds * 1000),
-                     load_batch)
-
-    def _start_endpoint(self, q: _Query) -> None:
-        endpoint = q.endpoint
-
-        def load_batch(df, batch_id: int, stream: str) -> None:
-            self._retry_transient(f"endpoint {endpoint.name}", batch_id,
-                                  lambda: load_records(self.ctx, endpoint, df, stream, batch_id))
-
-        stream = (self.spark.readStream.format(SOURCE_NAME)
-                  .option("endpoint", endpoint.model_dump_json(by_alias=True))
-                  .option("events", self._events.path if self._events else "")
-                  .option("parallelism", str(self.spark.sparkContext.defaultParallelism)).load())
-        # The reader polls at most once per poll_interval; the trigger only bounds how late it notices.
-        trigger_ms = int(max(0.1, min(endpoint.poll_interval, 1.0)) * 1000)
-        self._launch(q, stream, "endpoint", f"endpoint {endpoint.name}", trigger_ms, load_batch)
-
-    def _launch(self, q: _Query, stream, kind: str, what: str, trigger_ms: int, load_batch) -> None:
-        """Start ``q``'s query over ``stream``; each micro-batch runs ``load_batch(df, batch_id, stream_id)``.
-
-        ``stream_id`` (``<kind>:<table>:<query id>``) keys the exactly-once ledger; the query id comes
-        from Spark's checkpoint, ``<checkpoint_dir>/landing/<table>`` or ``<checkpoint_dir>/endpoints/<table>``.
+        The ledger's stream id ``<kind>:<table>:<query id>`` keys exactly-once; the query id comes
+        from Spark's checkpoint, ``<checkpoint_dir>/<source's checkpoint folder>/<table>``.
         """
-        folder = "landing" if kind == "landing" else "endpoints"
-        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / folder / q.table
+        source, kind = q.source, q.source.kind
+        checkpoint = Path(self.settings.spark.checkpoint_dir).resolve() / source.checkpoint_folder / q.table
         ready = threading.Event()
         ref: dict[str, str] = {}
 
@@ -394,12 +354,21 @@ class Daemon:
             try:
                 if self.ctx.stopping.is_set():
                     # Raising (not returning) keeps the batch uncommitted in Spark: it replays on restart.
-                    raise ShutdownRequested(f"{what}: batch {batch_id} not started, stopping")
-                load_batch(df, batch_id, f"{kind}:{q.table}:{ref['id']}")
+                    raise ShutdownRequested(f"{q.what}: batch {batch_id} not started, stopping")
+                dataset = q.dataset
+                batch = source.plan(dataset, df, batch_id)
+                if batch is None:
+                    return
+                stream = stream_id(source, q.table, ref["id"])
+                result = self._retry_transient(q.what, batch_id,
+                                               lambda: load_batch(self.ctx, dataset, batch, stream, batch_id))
+                source.finish(dataset, batch, result)
             finally:
                 q.batch_active = False
 
+        trigger_ms = int(source.trigger_seconds(q.dataset) * 1000)
         try:
+            stream = source.stream(self.spark, q.dataset)
             self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", q.table)
             q.query = (stream.writeStream.queryName(f"{kind}_{q.table}").foreachBatch(on_batch)
                        .option("checkpointLocation", str(checkpoint))
@@ -407,18 +376,12 @@ class Daemon:
         except Exception as exc:
             q.failures += 1
             q.restart_at = time.monotonic() + min(MAX_BACKOFF_SECONDS, 2 ** q.failures)
-            log.error("%s: cannot start query: %s", what, _first_line(exc))
+            log.error("%s: cannot start query: %s", q.what, _first_line(exc))
             return
         ref["id"] = str(q.query.id)
         ready.set()
         self.metrics.query_up.labels(q.table).set(1)
-        log.info("%s: query started (trigger %d ms, checkpoint %s)", what, trigger_ms, checkpoint)
-
-    def _load_with_retry(self, dataset: str, files: list[LandedFile], stream: str, batch_id: int) -> None:
-        """Load a batch of files, then archive or reject them."""
-        result = self._retry_transient(f"dataset {dataset}", batch_id,
-                                       lambda: load_files(self.ctx, dataset, files, stream, batch_id))
-        self._settle_files(dataset, files, result.files, result.load_id)
+        log.info("%s: query started (trigger %d ms, checkpoint %s)", q.what, trigger_ms, checkpoint)
 
     def _retry_transient(self, what: str, batch_id: int, load):
         """Run a load; wait out PostgreSQL outages here so the query keeps its place."""
@@ -433,42 +396,6 @@ class Daemon:
                 if self.ctx.stopping.wait(delay):
                     raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
                 delay = min(delay * 2, 30.0)
-
-    def _settle_files(self, dataset: str, files: list[LandedFile], entries: list[dict], load_id: int) -> None:
-        """After commit: archive loaded files, reject unreadable ones (idempotent on replay)."""
-        by_path = {e["path"]: e for e in entries}
-        for f in files:
-            entry = by_path.get(f.path)
-            if entry is None:
-                continue
-            if entry["status"] == "rejected":
-                self.landing.reject(dataset, f, entry.get("reason", ""), entry.get("detail", ""), load_id,
-                                    diff=entry.get("diff"))
-            else:
-                self.landing.archive(dataset, f)
-
-    def _finish_committed_files(self) -> None:
-        """Archive inbox files whose load committed before a crash stopped us from moving them."""
-        root = self.landing.root / "_inbox"
-        if not root.is_dir():
-            return
-        conn = postgres.connect(self.ctx.dsn)
-        try:
-            with conn, conn.cursor() as cur:
-                for ds_dir in root.iterdir():
-                    for f in ds_dir.iterdir() if ds_dir.is_dir() else ():
-                        if f.name.startswith(("_", ".")):
-                            continue
-                        cur.execute(postgres.sql.SQL(
-                            "SELECT load_id, e FROM {}.loads, jsonb_array_elements(files) e WHERE dataset = %s "
-                            "AND status = 'committed' AND e->>'path' = %s LIMIT 1").format(
-                            postgres.sql.Identifier(self.settings.postgres.catalog_schema)), (ds_dir.name, str(f)))
-                        row = cur.fetchone()
-                        if row:
-                            landed = LandedFile(str(f), Landing.original_name(str(f)))
-                            self._settle_files(self.landing.folder_of(ds_dir.name), [landed], [row[1]], row[0])
-        finally:
-            conn.close()
 
 
 class ConfigWatch:
@@ -528,14 +455,6 @@ def _stop_quietly(query, dataset: str) -> None:
         query.stop()
     except Exception as exc:  # stopping a failed query can raise; nothing left to do
         log.debug("dataset=%s: stop: %s", dataset, exc)
-
-
-def _local_path(uri: str) -> str:
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    if uri.startswith("file:"):
-        return uri[len("file:"):]
-    return uri
 
 
 _PY_ERROR = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Rejected|Requested)): (.+)$")

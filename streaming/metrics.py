@@ -39,6 +39,10 @@ class Metrics:
         self.api_retries = Counter("dataops_api_retries_total", "Retried REST requests", ["endpoint"], registry=r)
         self.api_errors = Counter("dataops_api_errors_total", "Failed polls of REST endpoints by kind",
                                   ["endpoint", "kind"], registry=r)
+        self.source_up = Gauge("dataops_source_up", "1 when the dataset's input (e.g. an object store) answered "
+                               "its last poll", ["dataset"], registry=r)
+        self.source_errors = Counter("dataops_source_errors_total", "Failures reaching a dataset's input by kind "
+                                     "(unreachable, auth, no_bucket, ...)", ["dataset", "kind"], registry=r)
         self.postgres_up = Gauge("dataops_postgres_up", "1 when PostgreSQL answered the last readiness check",
                                  registry=r)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from streaming.batch import LandedFile, LoadContext, load_files
+from connectors.files import LandedFile, load_files
+from streaming.batch import LoadContext
 from streaming.metrics import Metrics
 
 

@@ -7,7 +7,7 @@ import os
 import time
 
 from connectors.landing import Landing
-from streaming.batch import LandedFile
+from connectors.files import LandedFile
 from tests.conftest import poll
 
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from connectors.rest import EndpointError, PollResult, mask_url, poll
-from streaming.config import EndpointConfig
+from connectors.rest.config import EndpointConfig
 from tests.restserver import (
     RestServer,
     empty_response,

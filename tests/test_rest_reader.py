@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from connectors.rest.source import RestStreamReader
-from streaming.config import EndpointConfig
+from connectors.rest.config import EndpointConfig
 from tests.restserver import json_response, rest_server_fixture  # noqa: F401
 
 

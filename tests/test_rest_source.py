@@ -14,8 +14,10 @@ import uuid
 
 import yaml
 
-from streaming.batch import LoadContext, load_records
-from streaming.config import EndpointConfig
+from connectors.rest.config import EndpointConfig
+from connectors.rest.endpoints import EndpointSource
+from streaming.batch import LoadContext, load_batch
+from streaming.sources import Dataset
 from streaming.metrics import Metrics
 from tests.conftest import poll
 from tests.restserver import json_response, rest_server_fixture, text_response  # noqa: F401
@@ -73,7 +75,7 @@ def count(db, table):
 
 
 def test_records_are_flattened_typed_and_quarantined(db, make_settings, spark):
-    """One batch straight through load_records: nested objects, arrays, types, a NULL key."""
+    """One batch planned by the endpoint source and loaded: nested objects, arrays, types, a NULL key."""
     from connectors.postgres import ensure_catalog
 
     endpoint = EndpointConfig(name="repos", url="http://127.0.0.1:1/repos", mode="upsert", primary_key=["id"])
@@ -90,7 +92,9 @@ def test_records_are_flattened_typed_and_quarantined(db, make_settings, spark):
     ]
     df = spark.createDataFrame([(json.dumps(r), i) for i, r in enumerate(records)], "record string, seq bigint")
     ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
-    result = load_records(ctx, endpoint, df.repartition(2), f"test:{uuid.uuid4()}", 0)
+    dataset = Dataset(endpoint.name, endpoint.name, endpoint)
+    batch = EndpointSource(ctx).plan(dataset, df.repartition(2), 0)
+    result = load_batch(ctx, dataset, batch, f"test:{uuid.uuid4()}", 0)
     assert (result.rows_in, result.loaded, result.quarantined, result.duplicates) == (5, 2, 2, 1)
     types = db.columns("repos")
     assert types["owner__login"] == "text" and types["owner__address"] == "jsonb" and types["tags"] == "jsonb"

@@ -57,7 +57,7 @@ from urllib.parse import quote, quote_plus, unquote_plus, urlencode, urljoin, ur
 
 import requests
 
-from streaming.config import ApiKeyAuth, BasicAuth, BearerAuth, EndpointConfig
+from connectors.rest.config import ApiKeyAuth, BasicAuth, BearerAuth, EndpointConfig
 from streaming.errors import SourceError
 
 __all__ = ["EndpointError", "PollResult", "mask_url", "poll"]

@@ -22,7 +22,7 @@ restarted query fetches nothing twice into an append table and misses nothing. A
 If a batch must be replayed after a crash, ``partitions`` fetches its range again.
 
 The reader process cannot reach the daemon's metrics registry, so it reports each request, retry
-and poll outcome as a datagram on a Unix socket the daemon listens on (:mod:`connectors.rest.events`).
+and poll outcome as a datagram on a Unix socket the daemon listens on (:mod:`streaming.events`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from typing import Any
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 
 from connectors.rest.client import MISSING, EndpointError, lookup, poll
-from connectors.rest.events import EventSender
-from streaming.config import EndpointConfig
+from streaming.events import EventSender
+from connectors.rest.config import EndpointConfig
 
 __all__ = ["RestDataSource", "RestStreamReader", "SOURCE_NAME", "SCHEMA"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from streaming.batch import LandedFile
+from connectors.files import LandedFile
 from streaming.naming import normalize_dataset_name
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
-"""Events from REST stream readers to the daemon: requests, retries and poll outcomes.
+"""Events from Python stream readers to the daemon: requests, retries, polls and their failures.
 
-A stream reader runs in a Python process Spark starts for its query, outside the daemon's
-process, so it cannot touch the daemon's metrics or logging. It sends one small JSON datagram per
+A source's ``DataSourceStreamReader`` runs in a Python process Spark starts for its query, outside
+the daemon's process, so it cannot touch the daemon's metrics, logging or ``/readyz``. It sends one small JSON datagram per
 event on a Unix socket the daemon owns; a lost datagram costs a metric increment, never data, so
 sending never blocks and never fails the poll.
 """
@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 class EventSender:
     """The reader's side; a ``None`` path sends nothing."""
 
-    def __init__(self, path: str | None, endpoint: str):
+    def __init__(self, path: str | None, dataset: str):
         self.path = path
-        self.endpoint = endpoint
+        self.dataset = dataset
         self._sock: socket.socket | None = None
 
     def request(self, code: str) -> None:
@@ -34,7 +34,7 @@ class EventSender:
     def retry(self) -> None:
         self._send({"event": "retry"})
 
-    def poll(self, records: int, pages: int) -> None:
+    def poll(self, records: int, pages: int = 0) -> None:
         self._send({"event": "poll", "records": records, "pages": pages})
 
     def error(self, kind: str, message: str) -> None:
@@ -47,7 +47,7 @@ class EventSender:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)
-            self._sock.sendto(json.dumps({"endpoint": self.endpoint, **event}).encode(), self.path)
+            self._sock.sendto(json.dumps({"dataset": self.dataset, **event}).encode(), self.path)
         except OSError:
             pass  # the daemon is gone or busy: a metric is lost, not data
 
@@ -68,7 +68,7 @@ class EventReceiver:
         self._sock.bind(self.path)
         self._sock.settimeout(0.5)
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dataops-endpoint-events", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="dataops-reader-events", daemon=True)
 
     def start(self) -> "EventReceiver":
         self._thread.start()
@@ -85,7 +85,7 @@ class EventReceiver:
             try:
                 self.handler(json.loads(data))
             except Exception as exc:  # a malformed event must not stop the others
-                log.debug("endpoint event dropped: %s", exc)
+                log.debug("reader event dropped: %s", exc)
 
     def stop(self) -> None:
         self._stopped.set()
