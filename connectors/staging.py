@@ -7,12 +7,13 @@ every failure into a small :class:`~streaming.rowstage.StageReport` for the driv
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Iterator
 
-from connectors.postgres import is_transient
+from connectors.postgres import is_transient, stage_names
 from streaming.errors import FileRejected
-from streaming.rowstage import RowStage, StageReport, StageTask
+from streaming.rowstage import CHUNK_ROWS, RowStage, StageReport, StageTask, mismatch_report
 
 
 def run_stage_task(task: StageTask, stage: Callable[[StageTask], StageReport]) -> StageReport:
@@ -91,3 +92,51 @@ class _IterReader(io.TextIOBase):
         return ""
 
     readline = read
+
+
+class _RowBlocks(RowStage):
+    """Rows of raw text values (one partition of a source's DataFrame) handed to the row stage."""
+
+    def __init__(self, task: StageTask, names: list[str], rows: list[tuple]):
+        from streaming.naming import normalize_columns
+
+        super().__init__(task, frozenset(task.options.get("null_tokens") or ("",)))
+        self.set_columns(names, normalize_columns(names))
+        missing = [k for k in task.primary_key if k not in self.columns]
+        if missing:
+            raise FileRejected("missing_key", f"{task.name}: primary key column(s) {', '.join(missing)} missing "
+                                              f"({', '.join(self.columns)})")
+        self.rows = rows
+
+    def copy_chunks(self) -> Iterator[str]:
+        for start in range(0, len(self.rows), CHUNK_ROWS):
+            chunk = self.rows[start:start + CHUNK_ROWS]
+            columns = [[None if v is None else str(v) for v in c] for c in zip(*chunk)] if chunk else []
+            yield self.block(columns or [[] for _ in self.columns], list(range(start + 1, start + 1 + len(chunk))))
+
+
+def _stage_rows(task: StageTask, names: list[str], rows: list[tuple]) -> StageReport:
+    parsed = _RowBlocks(task, names, rows)
+    copy_to_stage(task, parsed)
+    return mismatch_report(task, parsed) or StageReport(
+        task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
+        quarantined_rows=parsed.quarantined)
+
+
+def stage_dataframe(df, template: StageTask, token: str) -> list[StageReport]:
+    """Stage a micro-batch DataFrame whose columns hold raw values, one stage task per Spark partition.
+
+    For sources whose stream already yields rows (values are cleaned and typed by the row stage, so
+    strings are best). Runs on the driver; the tasks run on executors and only their reports come
+    back. A row's position is its partition (``seq``) and its index there.
+    """
+    names = list(df.columns)
+
+    def run(index: int, rows):  # executor
+        rows = [tuple(r) for r in rows]
+        if rows:
+            stage_table, quarantine = stage_names(token, index)
+            task = dataclasses.replace(template, seq=index, stage_table=stage_table, quarantine_table=quarantine)
+            yield run_stage_task(task, lambda t: _stage_rows(t, names, rows))
+
+    return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows

@@ -295,11 +295,11 @@ class Daemon:
             return
         sections = {s.section for s in self.sources if s.section}
         changed_elsewhere = fresh.model_dump(exclude=sections) != self.settings.model_dump(exclude=sections)
+        for source in self.sources:
+            source.reconfigure(fresh)
         # Only the sources' own sections apply while running; the rest waits for a restart.
         for section in sections:
             setattr(self.settings, section, getattr(fresh, section))
-        for source in self.sources:
-            source.reconfigure(self.settings)
         self._sync_datasets()
         if changed_elsewhere:
             log.warning("config %s: changes outside %s take effect at the next restart", self.config_path,

@@ -131,9 +131,10 @@ class Source(abc.ABC):
         """Driver, once, at shutdown, before the queries stop."""
 
     def reconfigure(self, settings: Any) -> None:
-        """Driver: an edited config file was validated; take its section (the daemon then restarts
-        datasets whose :attr:`Dataset.fingerprint` changed, stops removed ones, starts new ones)."""
-        self.context.settings = settings
+        """Driver: an edited config file was validated as ``settings``; ``self.context.settings``
+        still holds the running one. Right after this the daemon puts the new sources' sections in
+        place and restarts datasets whose :attr:`Dataset.fingerprint` changed, stops removed ones and
+        starts new ones (other sections take effect at the next restart)."""
 
     @abc.abstractmethod
     def datasets(self) -> list[Dataset]:

@@ -70,8 +70,7 @@ class ObjectStoreSource(Source):
 
     def reconfigure(self, settings) -> None:
         old = {s.name: s for s in self._stores()}
-        super().reconfigure(settings)
-        new = {s.name: s for s in self._stores()}
+        new = {e.name: e for e in settings.section("object_stores")}
         for name in old.keys() - new.keys():
             self._errors.pop(name, None)
             log.info("object_store=%s: removed from the config; listing stopped", name)

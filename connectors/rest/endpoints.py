@@ -58,8 +58,7 @@ class EndpointSource(Source):
 
     def reconfigure(self, settings) -> None:
         old = {e.name: e for e in self._endpoints()}
-        super().reconfigure(settings)
-        new = {e.name: e for e in self._endpoints()}
+        new = {e.name: e for e in settings.section("endpoints")}
         for name in old.keys() - new.keys():
             self._errors.pop(name, None)
             log.info("endpoint=%s: removed from the config; polling stopped", name)
