@@ -42,10 +42,11 @@ def weed_binary() -> str:
 
 
 class S3Server:
-    """``weed server -s3`` on 127.0.0.1; :meth:`start` / :meth:`stop` may be called again (same port)."""
+    """``weed server -s3`` on 127.0.0.1 with one bucket; :meth:`start` / :meth:`stop` may be called again."""
 
-    def __init__(self, workdir: Path, s3_port: int | None = None):
+    def __init__(self, workdir: Path, bucket: str = "dataops", s3_port: int | None = None):
         self.workdir = Path(workdir)
+        self.bucket = bucket  # created at start; every bucket is a collection with volumes of its own
         self.s3_port = s3_port or free_port()
         self.ports = [free_port() for _ in range(3)]
         self.proc: subprocess.Popen | None = None
@@ -69,17 +70,16 @@ class S3Server:
         self.proc = subprocess.Popen(
             [weed_binary(), "server", "-s3", f"-s3.config={config}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-dir={data}", f"-master.port={master}", f"-volume.port={volume}", f"-s3.port={self.s3_port}",
-             f"-filer.port={filer}"],
+             f"-filer.port={filer}", "-master.volumeSizeLimitMB=64", "-volume.max=64"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        probe = f"probe-{os.getpid()}-{time.monotonic_ns()}"
         while True:
             try:
                 fs = self.filesystem()
-                fs.create_dir(probe)
-                with fs.open_output_stream(f"{probe}/ok") as out:
+                fs.create_dir(self.bucket)
+                with fs.open_output_stream(f"{self.bucket}/_probe") as out:
                     out.write(b"ok")
-                fs.delete_dir(probe)
+                fs.delete_file(f"{self.bucket}/_probe")
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -111,5 +111,3 @@ class S3Server:
         with fs.open_output_stream(f"{bucket}/{key}") as out:
             out.write(data)
 
-    def create_bucket(self, bucket: str) -> None:
-        self.filesystem().create_dir(bucket)
