@@ -34,6 +34,7 @@ HLL_Q = 64 - HLL_P
 TOP_VALUES_LIMIT = 50  # columns with at most this many distinct values keep exact value counts
 TOP_VALUES_SHOWN = 10
 MAX_DRIFT = 0.005  # overwritten distinct values tolerated in a sketch, as a share of its estimate
+MAX_SELECT_LIST = 1600  # PostgreSQL refuses select lists of more than 1664 entries
 
 NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
 TEMPORAL = ("date", "timestamp", "timestamptz")
@@ -139,9 +140,17 @@ def _aggregate(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[s
         else:
             exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
         exprs.append(sql.SQL("sum({}::numeric)").format(ident) if kind in NUMERIC else sql.SQL("NULL"))
-    cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(exprs), relation))
-    row = cur.fetchone()
+    row: list = []
+    for part in _select_lists(exprs):  # a wide table needs more than one scan
+        cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(part), relation))
+        row.extend(cur.fetchone())
     return {name: tuple(row[4 * i: 4 * i + 4]) for i, name in enumerate(columns)}
+
+
+def _select_lists(exprs: list, per_column: int = 4) -> list[list]:
+    """``exprs`` cut into select lists PostgreSQL accepts (at most 1664 entries), whole columns each."""
+    size = MAX_SELECT_LIST // per_column * per_column
+    return [exprs[i:i + size] for i in range(0, len(exprs), size)] or [exprs]
 
 
 def _to_text(value) -> str | None:
@@ -220,8 +229,10 @@ def _recompute_bounds(cur, target, columns: dict[str, str], stats: dict[str, Col
     for name in which:
         bound = _bound(name, columns[name])
         exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
-    cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(exprs), target))
-    row = cur.fetchone()
+    row: list = []
+    for part in _select_lists(exprs, 2):
+        cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(part), target))
+        row.extend(cur.fetchone())
     for i, name in enumerate(which):
         stats[name].min_value, stats[name].max_value = _to_text(row[2 * i]), _to_text(row[2 * i + 1])
 
