@@ -249,6 +249,9 @@ class MergePlan:
     # Rejected reports whose rows exist only in their staging tables (endpoint records, which have no
     # file to keep in _rejected/): their rows go to quarantine with the rejection's reason.
     quarantine_rejected: bool = False
+    # A one-off load (`dataops ingest`, maybe with another mode): an existing dataset's catalog row
+    # keeps the mode, key and source the daemon loads it with.
+    one_off: bool = False
 
 
 @dataclasses.dataclass
@@ -318,10 +321,11 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         return previous
     load_id = row[0]
     # Locks the dataset's catalog row: loads of one dataset (daemon, `dataops ingest`) serialize here.
+    update = ("name = EXCLUDED.name" if plan.one_off else
+              "mode = EXCLUDED.mode, primary_key = EXCLUDED.primary_key, source = EXCLUDED.source")
     cur.execute(sql.SQL(
         "INSERT INTO {}.datasets (name, source, table_schema, table_name, mode, primary_key) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET mode = EXCLUDED.mode, "
-        "primary_key = EXCLUDED.primary_key, source = EXCLUDED.source "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET " + update + " "
         "RETURNING schema_version, row_count, stats_stale").format(cat),
         (plan.dataset, plan.source, plan.table_schema, plan.table, plan.mode, list(plan.primary_key)))
     schema_version, prior_rows, stats_stale = cur.fetchone()

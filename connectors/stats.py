@@ -380,6 +380,8 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
                 sql.Literal(n), _value_key(n, columns[n]), relation) for n in tracked))
         for name, value, count in cur.fetchall():
             counts = stats[name].top_values
+            if columns[name] == "numeric":
+                value = _numeric_key(counts, value)
             counts[value] = counts.get(value, 0) + sign * count
     for name in tracked:
         counts = {v: n for v, n in stats[name].top_values.items() if n > 0}
@@ -387,10 +389,32 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
 
 
 def _value_key(column: str, kind: str) -> sql.Composable:
-    """A value as the text it is counted under: equal values give equal text (numeric 1.50 is 1.5)."""
-    if kind == "numeric":
-        return sql.SQL("trim_scale({})::text").format(sql.Identifier(column))
+    """A value as the text it is counted under: as the table holds it (numeric ``1.20``; equal numerics
+    written with other scales are counted together by :func:`_numeric_key`)."""
     return sql.SQL("{}::text").format(sql.Identifier(column))
+
+
+def _numeric_key(counts: dict, value: str) -> str:
+    """The key ``value`` is counted under: an equal numeric already counted (``1.2`` for ``1.20``) is
+    the same value, shown with the larger of the two scales (older catalogs stored trimmed scales)."""
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return value
+    for key in counts:
+        if key != value and _same_number(key, number):
+            keep = max(key, value, key=lambda k: -Decimal(k).as_tuple().exponent)
+            if keep != key:
+                counts[keep] = counts.pop(key)
+            return keep
+    return value
+
+
+def _same_number(key: str, number: Decimal) -> bool:
+    try:
+        return Decimal(key) == number
+    except InvalidOperation:
+        return False
 
 
 def _store(cur, cat, dataset: str, rows: int, stats: dict[str, ColumnStats], estimates: dict[str, float]) -> None:

@@ -112,8 +112,12 @@ class LoadContext:
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
-               config: DatasetConfig | None = None, source: str | None = None) -> postgres.MergeResult:
-    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit)."""
+               config: DatasetConfig | None = None, source: str | None = None,
+               one_off: bool = False) -> postgres.MergeResult:
+    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit).
+
+    ``one_off`` (``dataops ingest``): the catalog keeps an existing dataset's mode, key and source.
+    """
     cfg = config or ctx.settings.dataset(dataset)
     options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
 
@@ -123,7 +127,8 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
 
     table = normalize_dataset_name(dataset)
     folder = Path(ctx.settings.landing.path).resolve() / dataset
-    return _commit(ctx, table, cfg, options, stream, batch_id, source or f"landing folder {folder}", stage, len(files))
+    return _commit(ctx, table, cfg, options, stream, batch_id, source or f"landing folder {folder}", stage, len(files),
+                   one_off=one_off)
 
 
 def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, batch_id: int) -> postgres.MergeResult:
@@ -158,10 +163,10 @@ def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, ba
 
 
 def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
-            stage, files: int) -> postgres.MergeResult:
+            stage, files: int, one_off: bool = False) -> postgres.MergeResult:
     """Stage and merge a batch (see _commit_batch); a batch that fails is counted in the metrics."""
     try:
-        return _commit_batch(ctx, table, cfg, options, stream, batch_id, source, stage, files)
+        return _commit_batch(ctx, table, cfg, options, stream, batch_id, source, stage, files, one_off)
     except ShutdownRequested:
         raise
     except BaseException:
@@ -170,7 +175,7 @@ def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch
 
 
 def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
-                  stage, files: int) -> postgres.MergeResult:
+                  stage, files: int, one_off: bool = False) -> postgres.MergeResult:
     """Stage a batch with ``stage(template, token)`` and merge it, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
@@ -216,7 +221,7 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files)
+        quarantine_rejected=not files, one_off=one_off)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
