@@ -252,6 +252,9 @@ class MergePlan:
     # A one-off load (`dataops ingest`, maybe with another mode): an existing dataset's catalog row
     # keeps the mode, key and source the daemon loads it with.
     one_off: bool = False
+    # Endpoint records: a field that is null wherever it is not an object (``owner`` beside
+    # ``owner__login``) adds no column.
+    json_records: bool = False
 
 
 @dataclasses.dataclass
@@ -476,6 +479,8 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileRe
         for name, source_name, kind, _ in report.columns:
             batch_types[name] = join(batch_types[name], kind) if batch_types.get(name) else kind
             sources.setdefault(name, source_name)
+    if plan.json_records:
+        _drop_null_objects(batch_types, existing)
     columns = dict(existing)
     changes: list[dict] = []
     if not existing:
@@ -501,6 +506,15 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileRe
             columns[name] = kind
             changes.append({"change": "widen", "column": name, "from": existing[name], "to": kind})
     return columns, sources, changes
+
+
+def _drop_null_objects(batch_types: dict[str, str | None], existing: dict[str, str]) -> None:
+    """Forget new columns that hold only NULLs where the batch or the table has their nested fields:
+    ``{"owner": null}`` beside ``{"owner": {"login": ...}}`` is an absent owner, not a column."""
+    names = [*batch_types, *existing]
+    for name, kind in list(batch_types.items()):
+        if kind is None and name not in existing and any(n.startswith(name + "__") for n in names):
+            del batch_types[name]
 
 
 def _type_sql(kind: str) -> sql.Composable:

@@ -221,7 +221,7 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files, one_off=one_off)
+        quarantine_rejected=not files, one_off=one_off, json_records=not files)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
