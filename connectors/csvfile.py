@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 
 from streaming.errors import FileRejected
-from streaming.naming import normalize_columns
+from streaming.naming import keep_table_names, normalize_columns, normalize_identifier
 from streaming.schema import ColumnTyper, bool_token_set
 
 CHUNK_ROWS = 2000
@@ -505,7 +505,9 @@ class _ParsedFile:
         self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         header = list(task.header) if task.header is not None else self._header()
         self.source_names = [h.strip() for h in header]
-        self.columns = normalize_columns(self.source_names)
+        self.columns = keep_table_names(normalize_columns(self.source_names),
+                                        [normalize_identifier(h, transliterate=False) for h in self.source_names],
+                                        task.table_types)
         self._setup_columns(task, opts)
         missing = [k for k in task.primary_key if k not in self.columns]
         if missing:
