@@ -538,8 +538,9 @@ class _ParsedFile:
             self.unknown = {i for i, c in enumerate(self.columns) if c not in table}
         self.typers = []
         for c in self.columns:
-            # A column the table already has keeps the table's type; a hint shapes new columns.
-            hint = task.hints.get(c) if c not in table else None
+            # A column the table already has keeps the table's type; a hint shapes new columns, and
+            # keeps a column it shaped from widening (values out of its range go to quarantine).
+            hint = task.hints.get(c) if c not in table or table[c] == task.hints.get(c) else None
             if hint:
                 typer = ColumnTyper(self.bools, fixed=hint, loose=True, formats=formats)
             elif c in table and task.policy == "evolve" and c not in task.fixed_columns:
