@@ -588,7 +588,7 @@ def _snippet(response: requests.Response) -> str:
     """A short excerpt of a body for an error message: an HTML page's text, without its markup."""
     text = response.text
     if "html" in response.headers.get("Content-Type", "").lower() or text.lstrip()[:1] == "<":
-        text = html.unescape(_TAGS.sub(" ", _HIDDEN.sub(" ", text)))
+        text = "HTML " + html.unescape(_TAGS.sub(" ", _HIDDEN.sub(" ", text)))
     text = " ".join(text.split())
     if not text:
         return ""
