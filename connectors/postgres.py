@@ -64,7 +64,7 @@ def classify_error(exc: BaseException, what: str) -> Exception:
     if is_transient(exc):
         return TransientSinkError(f"{what}: PostgreSQL unavailable ({detail}); will retry")
     if isinstance(exc, psycopg2.Error) and exc.pgcode:
-        return BatchDataError(f"{what}: PostgreSQL refused the batch ({exc.pgcode}): {detail}")
+        return BatchDataError(f"{what}: refused by PostgreSQL ({exc.pgcode}): {detail}")
     return SinkError(f"{what}: {detail}")
 
 

@@ -39,6 +39,28 @@ def test_a_null_object_adds_no_column_beside_its_fields(db, make_settings, spark
     assert set(db.columns("repos")) == {"id", "owner__login", "meta__a", "note"}  # a plain null field stays
 
 
+def test_records_postgres_refuses_go_to_quarantine_and_the_next_batch_loads(db, make_settings, spark):
+    from connectors.postgres import ensure_catalog
+
+    endpoint = EndpointConfig(name="orders", url="http://127.0.0.1:1/orders", mode="upsert", primary_key=["id"])
+    settings = make_settings()
+    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
+
+    def batch(records, batch_id):
+        df = spark.createDataFrame([(json.dumps(r), i) for i, r in enumerate(records)], "record string, seq bigint")
+        return load_records(ctx, endpoint, df, "test:orders", batch_id)
+
+    batch([{"id": 1, "amount": 5}], 0)
+    db.query("ALTER TABLE {s}.orders ADD CONSTRAINT positive CHECK (amount > 0)")
+    refused = batch([{"id": 2, "amount": -1}, {"id": 3, "amount": 4}], 1)
+    assert (refused.rows_in, refused.loaded, refused.quarantined) == (2, 0, 2)
+    reasons = db.query("SELECT record->>'id', reason FROM {c}.quarantine ORDER BY line")
+    assert [r[0] for r in reasons] == ["2", "3"] and all("23514" in r[1] and "positive" in r[1] for r in reasons)
+    assert batch([{"id": 4, "amount": 9}], 2).loaded == 1
+    assert db.query("SELECT id FROM {s}.orders ORDER BY id") == [(1,), (4,)]
+
+
 def test_an_html_error_page_is_reported_as_a_short_text_excerpt(rest_server):
     rest_server.route("/down", lambda request: text_response(ERROR_PAGE, 502, content_type="text/html"))
     rest_server.route("/gone", lambda request: text_response(ERROR_PAGE, 404, content_type="text/html"))
