@@ -472,12 +472,13 @@ def _environment_error(environment: dict[tuple[str, ...], tuple[str, str]]) -> C
 
     bad = []
     for path, (variable, value) in sorted(environment.items()):
-        if not _is_structured(path):
+        structure = _is_structured(path)
+        if not structure:
             continue
         try:
             json.loads(value)
         except ValueError as exc:
-            shape = "a JSON list" if _is_structured(path) == "list" else "a JSON object"
+            shape = "a JSON list" if structure == "list" else "a JSON object"
             example = ' such as ["id"]' if shape == "a JSON list" and len(path) > 1 else ""
             bad.append(f"environment variable {variable}: not valid JSON ({exc.msg}); "
                        f"{'.'.join(path)} takes {shape}{example}")
