@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 
 from streaming.errors import FileRejected
-from streaming.naming import normalize_columns
+from streaming.naming import keep_table_names, normalize_columns, normalize_identifier
 from streaming.schema import ColumnTyper, bool_token_set
 
 CHUNK_ROWS = 2000
@@ -51,6 +51,8 @@ class FileTask:
         table_types: the target table's current columns and types (empty if it does not exist yet).
         hints: column -> type from config; values must fit.
         primary_key: columns that must not be NULL.
+        fixed_columns: columns of the table whose type cannot change even under ``evolve`` (a
+            partition key): values that would need a wider type go to quarantine.
         policy: ``on_schema_change`` — ``evolve`` (existing columns may widen, new ones are added),
             ``rescue`` (the table never changes; unknown columns and values that do not fit go to
             the row's ``_rescued`` JSON) or ``fail`` (a file that does not match is rejected).
@@ -72,6 +74,7 @@ class FileTask:
     hints: dict
     primary_key: tuple
     policy: str = "evolve"
+    fixed_columns: tuple = ()  # columns whose type may never change (the partition key)
     part: int = 0
     start: int = 0
     end: int | None = None
@@ -138,7 +141,7 @@ def _run(task: FileTask, stage=None) -> FileReport:
         from connectors.postgres import is_transient
 
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, psycopg2.DataError):  # e.g. a character PostgreSQL cannot store
+        if exc.pgcode and not is_transient(exc):  # e.g. a character PostgreSQL cannot store, a limit
             return FileReport(task.name, task.path, task.seq, "rejected", "load_failed",
                               f"{task.name}: PostgreSQL refused the file's data: {detail}")
         return FileReport(task.name, task.path, task.seq, "error", "transient" if is_transient(exc) else "sink",
@@ -272,6 +275,7 @@ def sniff_delimiter(sample: str) -> str:
     return best
 
 
+MAX_COLUMNS = 1599  # PostgreSQL's 1600 columns per table, less the staging table's row position
 RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
 _SPLITTABLE = {"utf-8", "utf-8-sig", "cp1252", "latin-1", "iso8859-1"}
 _SCAN_BLOCK = 8 << 20
@@ -501,7 +505,9 @@ class _ParsedFile:
         self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         header = list(task.header) if task.header is not None else self._header()
         self.source_names = [h.strip() for h in header]
-        self.columns = normalize_columns(self.source_names)
+        self.columns = keep_table_names(normalize_columns(self.source_names),
+                                        [normalize_identifier(h, transliterate=False) for h in self.source_names],
+                                        task.table_types)
         self._setup_columns(task, opts)
         missing = [k for k in task.primary_key if k not in self.columns]
         if missing:
@@ -515,6 +521,9 @@ class _ParsedFile:
 
     def _setup_columns(self, task: FileTask, opts: dict) -> None:
         """Typers per column by policy, and which columns are staged (see FileTask.policy)."""
+        if len(self.columns) > MAX_COLUMNS:
+            raise FileRejected("too_wide", f"{task.name}: {len(self.columns)} columns; a PostgreSQL table holds at "
+                                           f"most 1600 and staging needs one of them, so at most {MAX_COLUMNS} load")
         table = task.table_types
         formats = tuple(opts.get("date_formats") or ())
         self.unknown: set[int] = set()
@@ -529,11 +538,12 @@ class _ParsedFile:
             self.unknown = {i for i, c in enumerate(self.columns) if c not in table}
         self.typers = []
         for c in self.columns:
-            # A column the table already has keeps the table's type; a hint shapes new columns.
-            hint = task.hints.get(c) if c not in table else None
+            # A column the table already has keeps the table's type; a hint shapes new columns, and
+            # keeps a column it shaped from widening (values out of its range go to quarantine).
+            hint = task.hints.get(c) if c not in table or table[c] == task.hints.get(c) else None
             if hint:
                 typer = ColumnTyper(self.bools, fixed=hint, loose=True, formats=formats)
-            elif c in table and task.policy == "evolve":
+            elif c in table and task.policy == "evolve" and c not in task.fixed_columns:
                 typer = ColumnTyper(self.bools, widen_from=table[c], formats=formats)
             elif c in table:
                 typer = ColumnTyper(self.bools, fixed=table[c], formats=formats)
@@ -541,6 +551,7 @@ class _ParsedFile:
                 typer = ColumnTyper(self.bools, formats=formats)
             self.typers.append(typer)
         self.rescue = task.policy == "rescue" and bool(table)
+        self.fixed = {i for i, c in enumerate(self.columns) if c in table and c in task.fixed_columns}
         self.out_positions = [i for i in range(len(self.columns)) if i not in self.unknown]
         self.out_names = [self.columns[i] for i in self.out_positions] + ([RESCUED] if self.rescue else [])
 
@@ -643,8 +654,9 @@ class _ParsedFile:
                     values[i] = None
                 joined, has_null = None, True
             else:
+                why = " (the table's partition key, whose type cannot change)" if ci in self.fixed else ""
                 for i in failures:
-                    bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i])))
+                    bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i]) + why))
             out_columns.append(values)
             joins.append((joined, has_null))
         for ci in self.key_positions:

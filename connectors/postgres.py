@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 
 import psycopg2
-import psycopg2.errors
 from psycopg2 import sql
 
 from connectors import stats
@@ -24,13 +23,14 @@ from streaming.schema import SAFE_WIDENING, join, pg_format
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    psycopg2.errors.SerializationFailure,
-    psycopg2.errors.DeadlockDetected,
-    psycopg2.errors.LockNotAvailable,
-)
+# SQLSTATE classes and codes of failures that heal by themselves: a lost connection (08), a server
+# starting, shutting down or restarted (57P), resources running out (53: disk, memory, connections),
+# conflicts with concurrent work (40001, 40P01, 55P03) and a cancelled statement (57014: a
+# statement_timeout, or the daemon's own cancel at shutdown). Everything else with a SQLSTATE --
+# program limits (54), data (22), integrity (23), syntax and undefined objects (42) -- is
+# PostgreSQL refusing this batch, and retrying it cannot help.
+_TRANSIENT_CLASSES = ("08", "53", "57P")
+_TRANSIENT_CODES = frozenset({"40001", "40P01", "55P03", "57014"})
 _PG_TYPE_NAMES = {
     "timestamp without time zone": "timestamp",
     "timestamp with time zone": "timestamptz",
@@ -41,17 +41,30 @@ _PG_TYPE_NAMES = {
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the same work later can succeed (server gone, deadlock, serialization)."""
-    return isinstance(exc, _TRANSIENT)
+    """Whether retrying the same work later can succeed, judged by the error's SQLSTATE.
+
+    Errors without a SQLSTATE are connection-level (the server closed the connection, cannot
+    connect, the connection is already closed): transient too.
+    """
+    if not isinstance(exc, psycopg2.Error):
+        return False
+    code = exc.pgcode
+    if not code:
+        return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
 
 
 def classify_error(exc: BaseException, what: str) -> Exception:
-    """Map a psycopg2 error into the product's hierarchy, once, with a message naming ``what``."""
+    """Map a psycopg2 error into the product's hierarchy, once, with a message naming ``what``.
+
+    Transient errors become :class:`TransientSinkError` (retried); every other PostgreSQL error is a
+    refusal of the batch, :class:`BatchDataError`, whose files are rejected with the reason.
+    """
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if is_transient(exc):
         return TransientSinkError(f"{what}: PostgreSQL unavailable ({detail}); will retry")
-    if isinstance(exc, (psycopg2.DataError, psycopg2.IntegrityError)):
-        return BatchDataError(f"{what}: PostgreSQL refused the data: {detail}")
+    if isinstance(exc, psycopg2.Error) and exc.pgcode:
+        return BatchDataError(f"{what}: refused by PostgreSQL ({exc.pgcode}): {detail}")
     return SinkError(f"{what}: {detail}")
 
 
@@ -236,6 +249,12 @@ class MergePlan:
     # Rejected reports whose rows exist only in their staging tables (endpoint records, which have no
     # file to keep in _rejected/): their rows go to quarantine with the rejection's reason.
     quarantine_rejected: bool = False
+    # A one-off load (`dataops ingest`, maybe with another mode): an existing dataset's catalog row
+    # keeps the mode, key and source the daemon loads it with.
+    one_off: bool = False
+    # Endpoint records: a field that is null wherever it is not an object (``owner`` beside
+    # ``owner__login``) adds no column.
+    json_records: bool = False
 
 
 @dataclasses.dataclass
@@ -263,15 +282,29 @@ def previous_load(cur, catalog_schema: str, stream: str, batch_id: int) -> Merge
                        quarantined=row[4], duplicates=row[5])
 
 
-def merge(dsn: str, plan: MergePlan) -> MergeResult:
-    """Commit a staged batch: DDL, rows, quarantine, load history and ledger in one transaction."""
-    conn = connect(dsn)
+def merge(dsn: str, plan: MergePlan, sessions=None) -> MergeResult:
+    """Commit a staged batch: DDL, rows, quarantine, load history and ledger in one transaction.
+
+    ``sessions`` (``add_backend(pid)`` / ``remove_backend(pid)``) learns the transaction's backend
+    while it runs, so that a shutdown can terminate it.
+    """
+    try:
+        conn = connect(dsn)
+    except psycopg2.Error as exc:
+        raise classify_error(exc, f"dataset {plan.dataset}: loading batch {plan.batch_id}") from exc
+    pid = conn.get_backend_pid()
+    if sessions is not None:
+        sessions.add_backend(pid)
     try:
         with conn, conn.cursor() as cur:
             return _merge(cur, plan)
     except psycopg2.Error as exc:
         raise classify_error(exc, f"dataset {plan.dataset}: loading batch {plan.batch_id}") from exc
+    except SchemaError as exc:  # the batch's columns cannot make the table (e.g. a text partition key)
+        raise BatchDataError(f"dataset {plan.dataset}: loading batch {plan.batch_id}: {exc}") from exc
     finally:
+        if sessions is not None:
+            sessions.remove_backend(pid)
         conn.close()
 
 
@@ -291,10 +324,11 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         return previous
     load_id = row[0]
     # Locks the dataset's catalog row: loads of one dataset (daemon, `dataops ingest`) serialize here.
+    update = ("name = EXCLUDED.name" if plan.one_off else
+              "mode = EXCLUDED.mode, primary_key = EXCLUDED.primary_key, source = EXCLUDED.source")
     cur.execute(sql.SQL(
         "INSERT INTO {}.datasets (name, source, table_schema, table_name, mode, primary_key) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET mode = EXCLUDED.mode, "
-        "primary_key = EXCLUDED.primary_key, source = EXCLUDED.source "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET " + update + " "
         "RETURNING schema_version, row_count, stats_stale").format(cat),
         (plan.dataset, plan.source, plan.table_schema, plan.table, plan.mode, list(plan.primary_key)))
     schema_version, prior_rows, stats_stale = cur.fetchone()
@@ -445,6 +479,8 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileRe
         for name, source_name, kind, _ in report.columns:
             batch_types[name] = join(batch_types[name], kind) if batch_types.get(name) else kind
             sources.setdefault(name, source_name)
+    if plan.json_records:
+        _drop_null_objects(batch_types, existing)
     columns = dict(existing)
     changes: list[dict] = []
     if not existing:
@@ -465,10 +501,20 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[FileRe
         if name not in existing:
             columns[name] = plan.hints.get(name) or kind or "text"
             changes.append({"change": "add_column", "column": name, "type": columns[name]})
-        elif kind and kind != existing[name] and kind in SAFE_WIDENING.get(existing[name], ()):
+        elif (kind and kind != existing[name] and kind in SAFE_WIDENING.get(existing[name], ())
+              and name != plan.partition_by):  # PostgreSQL cannot alter a partition key's type
             columns[name] = kind
             changes.append({"change": "widen", "column": name, "from": existing[name], "to": kind})
     return columns, sources, changes
+
+
+def _drop_null_objects(batch_types: dict[str, str | None], existing: dict[str, str]) -> None:
+    """Forget new columns that hold only NULLs where the batch or the table has their nested fields:
+    ``{"owner": null}`` beside ``{"owner": {"login": ...}}`` is an absent owner, not a column."""
+    names = [*batch_types, *existing]
+    for name, kind in list(batch_types.items()):
+        if kind is None and name not in existing and any(n.startswith(name + "__") for n in names):
+            del batch_types[name]
 
 
 def _type_sql(kind: str) -> sql.Composable:

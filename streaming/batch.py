@@ -44,6 +44,61 @@ class LandedFile:
             return 0
 
 
+class InFlight:
+    """The database sessions and Spark job groups of the batches in flight (driver side).
+
+    A shutdown whose grace period ran out cancels them: their transactions roll back, so the
+    batches stay uncommitted and replay on the next start.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._backends: set[int] = set()
+        self._groups: set[str] = set()
+
+    def add_backend(self, pid: int) -> None:
+        with self._lock:
+            self._backends.add(pid)
+
+    def remove_backend(self, pid: int) -> None:
+        with self._lock:
+            self._backends.discard(pid)
+
+    def job_group(self, spark, description: str) -> str:
+        """Put the calling thread's next Spark jobs in a new job group that :meth:`cancel` can cancel."""
+        group = f"dataops-{uuid.uuid4().hex[:12]}"
+        spark.sparkContext.setJobGroup(group, description, interruptOnCancel=True)
+        with self._lock:
+            self._groups.add(group)
+        return group
+
+    def end_job_group(self, group: str) -> None:
+        with self._lock:
+            self._groups.discard(group)
+
+    def cancel(self, dsn: str, spark) -> tuple[int, int]:
+        """Terminate the batches' PostgreSQL sessions and cancel their Spark jobs; return how many."""
+        with self._lock:
+            backends, groups = sorted(self._backends), sorted(self._groups)
+        terminated = 0
+        if backends:
+            try:
+                conn = postgres.connect(dsn, connect_timeout=5)
+                try:
+                    with conn, conn.cursor() as cur:
+                        cur.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
+                                    "pg_stat_activity WHERE pid = ANY(%s)", (backends,))
+                        terminated = cur.fetchone()[0]
+                finally:
+                    conn.close()
+            except psycopg2.Error as exc:  # the server may be gone: then so are the sessions
+                log.warning("could not cancel the batches' PostgreSQL sessions: %s", exc)
+        if spark is not None:
+            for group in groups:
+                spark.sparkContext.cancelJobGroup(group)
+        return terminated, len(groups)
+
+
 @dataclasses.dataclass
 class LoadContext:
     """What every load needs; one per daemon (or per ``ingest`` run)."""
@@ -53,11 +108,16 @@ class LoadContext:
     metrics: Metrics
     spark: object | None = None  # SparkSession; None = parse every file on the driver
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+    in_flight: InFlight = dataclasses.field(default_factory=InFlight)
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
-               config: DatasetConfig | None = None, source: str | None = None) -> postgres.MergeResult:
-    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit)."""
+               config: DatasetConfig | None = None, source: str | None = None,
+               one_off: bool = False) -> postgres.MergeResult:
+    """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (see _commit).
+
+    ``one_off`` (``dataops ingest``): the catalog keeps an existing dataset's mode, key and source.
+    """
     cfg = config or ctx.settings.dataset(dataset)
     options = {k: getattr(cfg, k) for k in CsvOptions.model_fields}
 
@@ -67,7 +127,8 @@ def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: 
 
     table = normalize_dataset_name(dataset)
     folder = Path(ctx.settings.landing.path).resolve() / dataset
-    return _commit(ctx, table, cfg, options, stream, batch_id, source or f"landing folder {folder}", stage, len(files))
+    return _commit(ctx, table, cfg, options, stream, batch_id, source or f"landing folder {folder}", stage, len(files),
+                   one_off=one_off)
 
 
 def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, batch_id: int) -> postgres.MergeResult:
@@ -92,17 +153,20 @@ def load_records(ctx: LoadContext, endpoint: EndpointConfig, df, stream: str, ba
                 yield run_records_task(dataclasses.replace(
                     template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
 
-        ctx.spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
-        return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
+        group = ctx.in_flight.job_group(ctx.spark, f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
+        try:
+            return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
+        finally:
+            ctx.in_flight.end_job_group(group)
 
     return _commit(ctx, endpoint.name, endpoint, options, stream, batch_id, mask_url(endpoint.url), stage, 0)
 
 
 def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
-            stage, files: int) -> postgres.MergeResult:
+            stage, files: int, one_off: bool = False) -> postgres.MergeResult:
     """Stage and merge a batch (see _commit_batch); a batch that fails is counted in the metrics."""
     try:
-        return _commit_batch(ctx, table, cfg, options, stream, batch_id, source, stage, files)
+        return _commit_batch(ctx, table, cfg, options, stream, batch_id, source, stage, files, one_off)
     except ShutdownRequested:
         raise
     except BaseException:
@@ -111,7 +175,7 @@ def _commit(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch
 
 
 def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str, batch_id: int, source: str,
-                  stage, files: int) -> postgres.MergeResult:
+                  stage, files: int, one_off: bool = False) -> postgres.MergeResult:
     """Stage a batch with ``stage(template, token)`` and merge it, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
@@ -146,21 +210,25 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
     template = FileTask(
         path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
         quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
-        primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change)
+        primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change,
+        fixed_columns=(cfg.partition_by,) if cfg.partition_by else ())
     reports = stage(template, stage_token())
+    if not reports and not files:
+        # An endpoint batch without records (a failed or empty poll): nothing to load, nothing to record.
+        return postgres.MergeResult(load_id=0)
     plan = postgres.MergePlan(
         dataset=dataset, source=source, table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files)
+        quarantine_rejected=not files, one_off=one_off, json_records=not files)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
             kind = TransientSinkError if all(r.reason == "transient" for r in failed) else SinkError
             raise kind(f"dataset {dataset}: batch {batch_id}: " + "; ".join(r.detail for r in failed))
         try:
-            result = postgres.merge(ctx.dsn, plan)
+            result = postgres.merge(ctx.dsn, plan, ctx.in_flight)
         except BatchDataError as exc:
             # Retrying cannot help: record the batch with its files rejected, so the dataset moves on.
             # Files keep their rows in _rejected/; endpoint records move from staging to quarantine.
@@ -171,7 +239,7 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
             for r in plan.reports:
                 if r.status == "staged":
                     r.status, r.reason, r.detail = "rejected", "load_failed", f"{r.name}: {exc}"
-            result = postgres.merge(ctx.dsn, plan)
+            result = postgres.merge(ctx.dsn, plan, ctx.in_flight)
     except BaseException:
         _drop_reports(ctx, plan.reports)
         raise
@@ -256,9 +324,12 @@ def _reject_whole_files(ctx: LoadContext, reports: list[FileReport]) -> list[Fil
 
 def _spark_job(ctx: LoadContext, tasks: list[FileTask]) -> list[FileReport]:
     sc = ctx.spark.sparkContext
-    sc.setJobDescription(f"dataops: stage {len(tasks)} part(s) of {tasks[0].dataset}")
-    # One Spark task per file part; the job returns one small report per part.
-    return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
+    group = ctx.in_flight.job_group(ctx.spark, f"dataops: stage {len(tasks)} part(s) of {tasks[0].dataset}")
+    try:
+        # One Spark task per file part; the job returns one small report per part.
+        return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
+    finally:
+        ctx.in_flight.end_job_group(group)
 
 
 def _drop_reports(ctx: LoadContext, reports: list[FileReport]) -> None:

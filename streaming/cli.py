@@ -155,7 +155,8 @@ def cmd_ingest(args, settings) -> int:
         _progress(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
         started = time.monotonic()
         result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
-                            stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg, source=f"file:{path.resolve()}")
+                            stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg, source=f"file:{path.resolve()}",
+                            one_off=True)
         seconds = time.monotonic() - started
         if spark is not None:
             spark.stop()

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length bigint, content binary"
 MAX_BACKOFF_SECONDS = 60.0
 TRANSIENT_RETRY_SECONDS = 300.0
+RETRYING_NOT_READY_SECONDS = 30.0  # a batch retried longer than this makes the daemon not ready
+CANCEL_WAIT_SECONDS = 10.0  # after cancelling at the end of the grace period, time for batches to unwind
 STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch (or ingest)
 
 
@@ -51,6 +53,8 @@ class _Query:
     last_error: str | None = None  # the endpoint's last failed poll, cleared by a good one
     error_repeats: int = 0
     stopping: threading.Thread | None = None  # a stop in progress (config change): no restart before it ends
+    retrying_since: float | None = None  # monotonic time the batch in flight first failed transiently
+    retry_error: str | None = None
 
     @property
     def key(self) -> str:
@@ -70,6 +74,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics)
         self.grace_seconds = grace_seconds
+        self.retrying_not_ready_seconds = RETRYING_NOT_READY_SECONDS
         self.stop_event = stop_event or threading.Event()
         self.queries: dict[str, _Query] = {}
         self._lock = threading.Lock()
@@ -151,6 +156,11 @@ class Daemon:
         queries = {q.key: "running" if q.query is not None and q.query.isActive else
                    ("restarting" if q.failures else "starting") for q in list(self.queries.values())
                    if q.failures >= 0}  # < 0: a landing folder ignored (logged), not a query
+        now = time.monotonic()
+        for q in list(self.queries.values()):
+            since = q.retrying_since
+            if since is not None and now - since > self.retrying_not_ready_seconds and q.key in queries:
+                queries[q.key] = f"retrying for {now - since:.0f}s: {q.retry_error}"
         # A failing API is reported, but does not make the daemon unready: restarting it cannot help.
         endpoints = {q.table: q.last_error or "ok" for q in list(self.queries.values()) if q.endpoint is not None}
         try:
@@ -195,10 +205,9 @@ class Daemon:
             time.sleep(0.05)
         for stopper in self._stoppers:
             stopper.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(q.batch_active for q in self.queries.values()):
+            self._cancel_batches()
         for q in self.queries.values():
-            if q.batch_active:
-                log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
-                            "restart)", q.dataset, self.grace_seconds)
             if q.query is not None:
                 _stop_quietly(q.query, q.dataset)
             self.metrics.query_up.labels(q.table).set(0)
@@ -211,6 +220,17 @@ class Daemon:
         if self.health is not None:
             self.health.stop()
         log.info("stopped")
+
+    def _cancel_batches(self) -> None:
+        """The grace period is over: roll back the batches in flight (they replay on restart)."""
+        active = [q.dataset for q in self.queries.values() if q.batch_active]
+        sessions, jobs = self.ctx.in_flight.cancel(self.ctx.dsn, self.spark)
+        log.warning("batch of %s still running after %.0fs grace; cancelled it (%d PostgreSQL session(s), "
+                    "%d Spark job group(s)); it is uncommitted and replays on restart", ", ".join(active),
+                    self.grace_seconds, sessions, jobs)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     # --- queries -----------------------------------------------------------------------------
     def _dataset_found(self, dataset: str) -> None:
@@ -351,7 +371,7 @@ class Daemon:
             paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
             if paths:
                 files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
-                self._load_with_retry(dataset, files, stream, batch_id)
+                self._load_with_retry(q, files, stream, batch_id)
 
         # Overwrite loads one file per batch, so each file replaces the table in arrival order.
         max_files = 1 if cfg.mode == "overwrite" else self.settings.landing.max_files_per_batch
@@ -366,7 +386,7 @@ class Daemon:
         endpoint = q.endpoint
 
         def load_batch(df, batch_id: int, stream: str) -> None:
-            self._retry_transient(f"endpoint {endpoint.name}", batch_id,
+            self._retry_transient(q, f"endpoint {endpoint.name}", batch_id,
                                   lambda: load_records(self.ctx, endpoint, df, stream, batch_id))
 
         stream = (self.spark.readStream.format(SOURCE_NAME)
@@ -414,25 +434,39 @@ class Daemon:
         self.metrics.query_up.labels(q.table).set(1)
         log.info("%s: query started (trigger %d ms, checkpoint %s)", what, trigger_ms, checkpoint)
 
-    def _load_with_retry(self, dataset: str, files: list[LandedFile], stream: str, batch_id: int) -> None:
+    def _load_with_retry(self, q: _Query, files: list[LandedFile], stream: str, batch_id: int) -> None:
         """Load a batch of files, then archive or reject them."""
-        result = self._retry_transient(f"dataset {dataset}", batch_id,
+        dataset = q.dataset
+        result = self._retry_transient(q, f"dataset {dataset}", batch_id,
                                        lambda: load_files(self.ctx, dataset, files, stream, batch_id))
         self._settle_files(dataset, files, result.files, result.load_id)
 
-    def _retry_transient(self, what: str, batch_id: int, load):
-        """Run a load; wait out PostgreSQL outages here so the query keeps its place."""
+    def _retry_transient(self, q: _Query, what: str, batch_id: int, load):
+        """Run a load; wait out PostgreSQL outages here so the query keeps its place.
+
+        While it waits, ``dataops_batch_retrying`` is 1 for the dataset; past
+        ``retrying_not_ready_seconds`` the daemon reports itself not ready.
+        """
         delay, deadline = 1.0, time.monotonic() + TRANSIENT_RETRY_SECONDS
-        while True:
-            try:
-                return load()
-            except TransientSinkError as exc:
-                if self.ctx.stopping.is_set() or time.monotonic() > deadline:
-                    raise
-                log.warning("%s; retrying in %.0fs", exc, delay)
-                if self.ctx.stopping.wait(delay):
-                    raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
-                delay = min(delay * 2, 30.0)
+        try:
+            while True:
+                try:
+                    return load()
+                except TransientSinkError as exc:
+                    if self.ctx.stopping.is_set() or time.monotonic() > deadline:
+                        raise
+                    if q.retrying_since is None:
+                        q.retrying_since = time.monotonic()
+                    q.retry_error = _first_line(exc)
+                    self.metrics.batch_retrying.labels(q.table).set(1)
+                    log.warning("%s; retrying in %.0fs", exc, delay)
+                    if self.ctx.stopping.wait(delay):
+                        raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
+                    delay = min(delay * 2, 30.0)
+        finally:
+            if q.retrying_since is not None:
+                q.retrying_since = q.retry_error = None
+                self.metrics.batch_retrying.labels(q.table).set(0)
 
     def _settle_files(self, dataset: str, files: list[LandedFile], entries: list[dict], load_id: int) -> None:
         """After commit: archive loaded files, reject unreadable ones (idempotent on replay)."""

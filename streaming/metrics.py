@@ -39,6 +39,8 @@ class Metrics:
         self.api_retries = Counter("dataops_api_retries_total", "Retried REST requests", ["endpoint"], registry=r)
         self.api_errors = Counter("dataops_api_errors_total", "Failed polls of REST endpoints by kind",
                                   ["endpoint", "kind"], registry=r)
+        self.batch_retrying = Gauge("dataops_batch_retrying", "1 while the dataset's batch waits out a transient "
+                                    "PostgreSQL failure (retried)", ["dataset"], registry=r)
         self.postgres_up = Gauge("dataops_postgres_up", "1 when PostgreSQL answered the last readiness check",
                                  registry=r)
 

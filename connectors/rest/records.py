@@ -22,7 +22,7 @@ from typing import Any
 from connectors.csvfile import (CHUNK_ROWS, RESCUED, FileReport, FileTask, _ParsedFile, copy_to_stage,
                                mismatch_report, run_file_task)
 from streaming.errors import FileRejected
-from streaming.naming import nested_identifier, unique_names
+from streaming.naming import keep_table_names, nested_identifier, unique_names
 from streaming.schema import ColumnTyper, bool_token_set
 
 JSON = "jsonb"
@@ -129,7 +129,8 @@ class _ParsedRecords(_ParsedFile):
             paths.update(dict.fromkeys(c for c in task.table_types if c not in names and c != RESCUED))
         order = list(paths)
         self.source_names = [p.replace(SEP, ".") for p in order]
-        self.columns = unique_names([nested_identifier(tuple(p.split(SEP))) for p in order])
+        self.columns = keep_table_names(unique_names([nested_identifier(tuple(p.split(SEP))) for p in order]),
+                                        [nested_identifier(tuple(p.split(SEP)), False) for p in order], task.table_types)
         table = task.table_types
         raw_columns = [[fields.get(path) for _, fields in records] for path in order]
         # Arrays and deep objects are jsonb; so is every value of a column the table holds as jsonb.
