@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import psycopg2
 import time
@@ -53,6 +54,8 @@ class LoadContext:
     metrics: Metrics
     spark: object | None = None  # SparkSession; None = parse every file on the driver
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
+    # Told of each phase of a load: ("stage", token), ("merge", rows staged), ("catalog", None); for progress.
+    progress: Callable[[str, object], None] | None = None
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
@@ -147,13 +150,19 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
         quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
         primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change)
-    reports = stage(template, stage_token())
+    token = stage_token()
+    if ctx.progress is not None:
+        ctx.progress("stage", token)
+    reports = stage(template, token)
+    if ctx.progress is not None:
+        ctx.progress("merge", sum(r.staged_rows for r in reports))
     plan = postgres.MergePlan(
         dataset=dataset, source=source, table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files)
+        quarantine_rejected=not files,
+        on_phase=(lambda phase: ctx.progress(phase, None)) if ctx.progress is not None else None)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
