@@ -19,6 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 log = logging.getLogger(__name__)
 
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
+
 
 class HealthServer:
     """Serves metrics and health on ``host:port`` from a daemon thread.
@@ -115,12 +118,29 @@ class HealthServer:
                     self.close_connection = write or self.close_connection
                     try:
                         self._json(refused.code, refused.body)
+                        if write:
+                            self._linger()
                     except OSError:  # the client is gone (a body cut off): nobody to answer
                         self.close_connection = True
                 except OSError as exc:
                     log.warning("upload: dataset=%s file %s: connection lost (%s); nothing was kept", dataset,
                                 filename, exc)
                     self.close_connection = True
+
+            def _linger(self) -> None:
+                """Read and drop what the client still sends for a moment before closing: closing with
+                unread bytes resets the connection, and the client might lose our answer."""
+                import socket
+
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                self.connection.settimeout(LINGER_SECONDS)
+                drained = 0
+                try:
+                    while drained < LINGER_BYTES and (chunk := self.connection.recv(1 << 16)):
+                        drained += len(chunk)
+                except OSError:
+                    pass
 
             def _json(self, code: int, body: dict) -> None:
                 self._send(code, json.dumps(body, default=str).encode(), "application/json")

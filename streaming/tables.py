@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import re
 import shutil
 import sys
 import textwrap
@@ -63,8 +64,8 @@ def render_table(rows: Sequence[Mapping], columns: Iterable[str] | None = None, 
         columns = list(dict.fromkeys(k for r in rows for k in r))
     columns = list(columns)
     cells = [[cell(r.get(name)) for name in columns] for r in rows]
-    headers = [name.replace("_", " ") for name in columns]  # headers break at words
-    needed = [max([len(c[i]) for c in cells] + [len(w) for w in headers[i].split()] + [1])
+    headers = [str(name) for name in columns]  # as in --json; they break after an underscore
+    needed = [max([len(c[i]) for c in cells] + [len(w) for w in _words(headers[i])] + [1])
               for i in range(len(columns))]
     cap = _cap(needed, (max_width or width()) - len(GAP) * (len(columns) - 1))
     widths = [min(n, cap) for n in needed]
@@ -72,7 +73,7 @@ def render_table(rows: Sequence[Mapping], columns: Iterable[str] | None = None, 
                    for r in rows) and all(r.get(name) is None or isinstance(r.get(name), (int, float, decimal.Decimal))
                                           for r in rows) for name in columns]
     lines = [title] if title else []
-    lines += _row_lines([textwrap.wrap(h, w) or [""] for h, w in zip(headers, widths)], widths, numeric, header=True)
+    lines += _row_lines([_header_lines(h, w) for h, w in zip(headers, widths)], widths, numeric, header=True)
     lines.append(GAP.join("-" * w for w in widths))
     for row in cells:
         lines += _row_lines([_fold(v, w) for v, w in zip(row, widths)], widths, numeric)
@@ -98,6 +99,19 @@ def _row_lines(parts: list[list[str]], widths: list[int], numeric: list[bool], h
         parts = [[""] * (height - len(p)) + p for p in parts]
     return [GAP.join((p[i] if i < len(p) else "").rjust(w) if num else (p[i] if i < len(p) else "").ljust(w)
                      for p, w, num in zip(parts, widths, numeric)) for i in range(height)]
+
+
+def _words(header: str) -> list[str]:
+    return re.findall(r"[^_ ]+[_ ]?", header) or [header]
+
+
+def _header_lines(header: str, width: int) -> list[str]:
+    lines = [""]
+    for word in _words(header):
+        if lines[-1] and len(lines[-1]) + len(word.rstrip()) > width:
+            lines.append("")
+        lines[-1] += word
+    return [line.rstrip() for line in lines]
 
 
 def _fold(text: str, width: int) -> list[str]:
