@@ -151,6 +151,8 @@ def cmd_ingest(args, settings) -> int:
         print("dataops: --mode upsert needs --key COL (or datasets.<name>.primary_key in config)", file=sys.stderr)
         return 2
     say = (lambda message: None) if args.quiet else _progress
+    if args.quiet:  # errors and warnings only; the JSON summary still goes to stdout
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     with _database(settings) as dsn:
         pg = settings.postgres
         postgres.ensure_catalog(dsn, pg.catalog_schema, pg.schema_name)
