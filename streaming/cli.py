@@ -237,8 +237,8 @@ def cmd_catalog_show(args, settings) -> int:
 # How `catalog show` prints a part of the document: the columns of its table. Parts not listed
 # print every field they have.
 SHOW_COLUMNS = {
-    "columns": ["name", "source_name", "type", "nullable", "null_count", "distinct_count", "min", "max", "mean",
-                "top_values"],
+    "columns": ["name", "source_name", "type", "nullable", "null_count", "distinct_count", "min", "max", "mean"],
+    "top_values": ["column", "top_values"],  # the most frequent values, apart: the widest text of all
     "recent_loads": ["load_id", "started_at", "seconds", "rows_in", "rows_loaded", "rows_quarantined",
                      "duplicates_removed", "files_rejected", "status"],
 }
@@ -250,18 +250,20 @@ def _show_text(doc: dict) -> str:
 
     parts = dict(doc)
     parts["columns"] = [_column_row(c) for c in doc.get("columns") or []]
-    parts["recent_loads"] = [{**r, "seconds": (r["finished_at"] - r["started_at"]).total_seconds()
+    parts["top_values"] = [{"column": c["name"], "top_values": c["top_values"]} for c in parts["columns"]
+                           if c["top_values"]]
+    parts["recent_loads"] = [{**r, "seconds": round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
                               if r.get("finished_at") and r.get("started_at") else None}
                              for r in doc.get("recent_loads") or []]
     head = render_document({k: v for k, v in parts.items() if k not in SHOW_COLUMNS}, title="dataset")
-    tables = [render_table(parts[k], columns, title=k.replace("_", " ")) for k, columns in SHOW_COLUMNS.items()
+    tables = [render_table(parts[k], columns, title=k) for k, columns in SHOW_COLUMNS.items()
               if parts.get(k)]
     return "\n\n".join([head, *tables, "(~ marks a HyperLogLog estimate; min/max of text columns are lengths)"])
 
 
 def _column_row(c: dict) -> dict:
     unit = " chars" if c.get("min_max_of") == "length" else ""
-    return {**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c.get("top_values") or [])[:60],
+    return {**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c.get("top_values") or [])[:300],
             "distinct_count": f"~{c['distinct_count']}" if c.get("distinct_estimated") else c.get("distinct_count"),
             "min": None if c.get("min") is None else f"{c['min']}{unit}",
             "max": None if c.get("max") is None else f"{c['max']}{unit}"}

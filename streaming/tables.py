@@ -129,9 +129,9 @@ def render_document(doc: Mapping, title: str | None = None, max_width: int | Non
     parts = [render_fields(plain, title=title, max_width=max_width)] if plain else []
     for key, value in doc.items():
         if isinstance(value, Mapping):
-            parts.append(render_fields(value, title=key.replace("_", " "), max_width=max_width))
+            parts.append(render_fields(value, title=key, max_width=max_width))
         elif _records(value):
-            parts.append(render_table(value, title=key.replace("_", " "), max_width=max_width))
+            parts.append(render_table(value, title=key, max_width=max_width))
     return "\n".join(parts)
 
 
