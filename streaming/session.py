@@ -120,10 +120,10 @@ _JVM_NOISE = re.compile(rb"^WARNING: Using incubator modules|^Setting default lo
 def _forward_stderr(stream) -> None:
     """Copy the JVM's stderr (its Python workers' included) to ours, less its start-up notices."""
     def pump() -> None:
-        out = getattr(sys.stderr, "buffer", None)
         for line in iter(stream.readline, b""):
             if _JVM_NOISE.match(line):
                 continue
+            out = getattr(sys.stderr, "buffer", None)  # looked up per line: sys.stderr may be replaced
             try:
                 if out is not None:
                     out.write(line)

@@ -99,7 +99,20 @@ class Uploads:
             raise UploadRefused(400, f"dataset name {dataset!r}: {exc}") from None
         if self.settings.endpoint(table) is not None:
             raise UploadRefused(409, f"dataset {table} is loaded by endpoint {table}, not from files")
-        return dataset, filename
+        # "Orders" and "orders" are one dataset: upload into the folder that already feeds its table.
+        return self._folder_of(table, dataset), filename
+
+    def _folder_of(self, table: str, dataset: str) -> str:
+        if (self.root / dataset).is_dir():
+            return dataset
+        for entry in os.scandir(self.root) if self.root.is_dir() else ():
+            if entry.is_dir() and not entry.name.startswith(_RESERVED):
+                try:
+                    if normalize_dataset_name(entry.name) == table:
+                        return entry.name
+                except ValueError:
+                    continue
+        return dataset
 
     def check_size(self, length: str | None, chunked: bool) -> int:
         """The declared body size; 411 without one (chunked bodies included), 413 past ``max_bytes``."""
