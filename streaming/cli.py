@@ -153,32 +153,29 @@ def cmd_ingest(args, settings) -> int:
     say = (lambda message: None) if args.quiet else _progress
     if args.quiet:  # errors and warnings only; the JSON summary still goes to stdout
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
-    with _database(settings) as dsn:
+    with _database(settings) as dsn, contextlib.ExitStack() as held:
         pg = settings.postgres
         postgres.ensure_catalog(dsn, pg.catalog_schema, pg.schema_name)
         # Shared: ingests may run side by side, never beside a daemon on the same catalog.
-        lock = CatalogLock(dsn, pg.catalog_schema, shared=True).acquire()
-        try:
-            spark = None
-            if path.stat().st_size > settings.landing.local_parse_bytes:
-                from streaming.session import create_session
+        held.callback(CatalogLock(dsn, pg.catalog_schema, shared=True).acquire().release)
+        spark = None
+        if path.stat().st_size > settings.landing.local_parse_bytes:
+            from streaming.session import create_session
 
-                say(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
-                spark = create_session(settings)
-            progress = IngestProgress(dsn, pg.catalog_schema, f"{path.name} -> {args.dataset}", path.stat().st_size,
-                                      IngestProgress.style_for(sys.stderr, args.quiet))
-            ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark, progress=progress)
-            say(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
-            started = time.monotonic()
-            with progress:
-                result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
-                                    stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg,
-                                    source=f"file:{path.resolve()}")
-            seconds = time.monotonic() - started
-            if spark is not None:
-                spark.stop()
-        finally:
-            lock.release()
+            say(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
+            spark = create_session(settings)
+        progress = IngestProgress(dsn, pg.catalog_schema, f"{path.name} -> {args.dataset}", path.stat().st_size,
+                                  IngestProgress.style_for(sys.stderr, args.quiet))
+        ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark, progress=progress)
+        say(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
+        started = time.monotonic()
+        with progress:
+            result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
+                                stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg,
+                                source=f"file:{path.resolve()}")
+        seconds = time.monotonic() - started
+        if spark is not None:
+            spark.stop()
     rejected = [f for f in result.files if f["status"] == "rejected"]
     summary = {
         "dataset": args.dataset, "load_id": result.load_id, "rows_in": result.rows_in, "loaded": result.loaded,

@@ -126,6 +126,10 @@ class HealthServer:
                     log.warning("upload: dataset=%s file %s: connection lost (%s); nothing was kept", dataset,
                                 filename, exc)
                     self.close_connection = True
+                except Exception as exc:  # e.g. the catalog unreadable while PostgreSQL restarts
+                    log.warning("upload: dataset=%s file %s: %s", dataset, filename, str(exc).strip())
+                    self.close_connection = True
+                    self._json(503, {"error": f"cannot answer now: {str(exc).strip().splitlines()[0]}"})
 
             def _linger(self) -> None:
                 """Read and drop what the client still sends for a moment before closing: closing with

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import psycopg2
 
-from connectors import postgres
 from streaming.errors import DataOpsError
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,10 @@ class CatalogLock:
         Raises:
             psycopg2.Error: PostgreSQL is unreachable (the caller waits it out).
         """
-        conn = postgres.connect(self.dsn, application_name=holder_name(self.role), connect_timeout=5)
+        # TCP keepalives: a server that vanished without closing the connection (network, power) is
+        # noticed within ~30 s, and the keeper's check does not hang on it.
+        conn = psycopg2.connect(self.dsn, application_name=holder_name(self.role), connect_timeout=5,
+                                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
