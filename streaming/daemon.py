@@ -114,6 +114,8 @@ class Daemon:
         from streaming.session import create_session
 
         self._install_signals()
+        if self.settings.upload.enabled and not self.settings.metrics.enabled:
+            raise ConfigError("upload.enabled needs metrics.enabled: uploads are served on the metrics port")
         for line in startup_lines(self.settings, self.ctx.dsn):
             log.info("%s", line)
         Uploads.clean_staging(self.landing.root)

@@ -122,8 +122,8 @@ class Uploads:
             size = int(length)
         except ValueError:
             raise UploadRefused(400, f"Content-Length {length!r} is not a number") from None
-        if size < 0:
-            raise UploadRefused(400, "Content-Length is negative")
+        if size <= 0:  # an empty file could only be rejected later, after the landing folder's wait
+            raise UploadRefused(400, "the file is empty" if size == 0 else "Content-Length is negative")
         if size > self.max_bytes:
             raise UploadRefused(413, f"file of {size} bytes exceeds upload.max_bytes ({self.max_bytes})",
                                 max_bytes=self.max_bytes)

@@ -104,6 +104,7 @@ def test_upload_status_codes_and_files_that_load(operated, db, caplog):
     assert request(port, "GET", "/datasets/orders/files/a.csv")[0] == 401
     code, body = request(port, "PUT", "/datasets/orders/files/big.csv", b"x" * 5000, AUTH)
     assert code == 413 and body["max_bytes"] == 4096
+    assert request(port, "PUT", "/datasets/orders/files/empty.csv", b"", AUTH)[0] == 400
     chunked = {**AUTH, "Transfer-Encoding": "chunked"}
     assert request(port, "PUT", "/datasets/orders/files/c.csv", iter([csv([7])]), chunked)[0] == 411
     for path in ("/datasets/orders/files/..", "/datasets/orders/files/.hidden.csv", "/datasets/orders/files/_x.csv",
