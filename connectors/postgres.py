@@ -255,6 +255,7 @@ class MergePlan:
     # Endpoint records: a field that is null wherever it is not an object (``owner`` beside
     # ``owner__login``) adds no column.
     json_records: bool = False
+    on_phase: object = None  # called with "catalog" when the rows are in and the statistics begin (progress)
 
 
 @dataclasses.dataclass
@@ -353,6 +354,8 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows,
                                          load_id)
         delta.widened, delta.recompute = widened, stats_stale
+        if plan.on_phase is not None:
+            plan.on_phase("catalog")
         stats.apply(cur, cat, plan.dataset, target, columns, delta)
         stats_stale = False
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(*batch_tables(plan, load_id)))

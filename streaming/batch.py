@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import psycopg2
 import time
@@ -109,6 +110,8 @@ class LoadContext:
     spark: object | None = None  # SparkSession; None = parse every file on the driver
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     in_flight: InFlight = dataclasses.field(default_factory=InFlight)
+    # Told of each phase of a load: ("stage", token), ("merge", rows staged), ("catalog", None); for progress.
+    progress: Callable[[str, object], None] | None = None
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
@@ -212,16 +215,22 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         quarantine_table="", options=options, table_types=table_types, hints=dict(cfg.columns),
         primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change,
         fixed_columns=(cfg.partition_by,) if cfg.partition_by else ())
-    reports = stage(template, stage_token())
+    token = stage_token()
+    if ctx.progress is not None:
+        ctx.progress("stage", token)
+    reports = stage(template, token)
     if not reports and not files:
         # An endpoint batch without records (a failed or empty poll): nothing to load, nothing to record.
         return postgres.MergeResult(load_id=0)
+    if ctx.progress is not None:
+        ctx.progress("merge", sum(r.staged_rows for r in reports))
     plan = postgres.MergePlan(
         dataset=dataset, source=source, table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files, one_off=one_off, json_records=not files)
+        quarantine_rejected=not files, one_off=one_off, json_records=not files,
+        on_phase=(lambda phase: ctx.progress(phase, None)) if ctx.progress is not None else None)
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:

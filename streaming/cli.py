@@ -1,4 +1,4 @@
-"""The ``dataops`` command: ``run``, ``ingest`` and ``catalog``."""
+"""The ``dataops`` command: ``run``, ``ingest``, ``status`` and ``catalog``."""
 
 from __future__ import annotations
 
@@ -59,7 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--dataset", required=True)
     ingest.add_argument("--mode", choices=["append", "overwrite", "upsert"])
     ingest.add_argument("--key", nargs="+", default=None, metavar="COL", help="primary key column(s) for upsert")
+    ingest.add_argument("--quiet", action="store_true", help="no progress on stderr (the JSON summary still prints)")
     ingest.set_defaults(func=cmd_ingest)
+
+    status = sub.add_parser("status", parents=[config],
+                            help="ask the running daemon how it is doing (exit 0 ready, 1 not ready, 2 no daemon)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     catalog = sub.add_parser("catalog", help="describe the loaded datasets")
     catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -128,7 +134,9 @@ def cmd_run(args, settings) -> int:
 def cmd_ingest(args, settings) -> int:
     from connectors import postgres
     from streaming.batch import LandedFile, LoadContext, load_files
+    from streaming.locks import CatalogLock
     from streaming.metrics import Metrics
+    from streaming.progress import IngestProgress
 
     path = Path(args.file)
     if not path.is_file():
@@ -142,21 +150,29 @@ def cmd_ingest(args, settings) -> int:
     if cfg.mode == "upsert" and not cfg.primary_key:
         print("dataops: --mode upsert needs --key COL (or datasets.<name>.primary_key in config)", file=sys.stderr)
         return 2
-    with _database(settings) as dsn:
+    say = (lambda message: None) if args.quiet else _progress
+    if args.quiet:  # errors and warnings only; the JSON summary still goes to stdout
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    with _database(settings) as dsn, contextlib.ExitStack() as held:
         pg = settings.postgres
         postgres.ensure_catalog(dsn, pg.catalog_schema, pg.schema_name)
+        # Shared: ingests may run side by side, never beside a daemon on the same catalog.
+        held.callback(CatalogLock(dsn, pg.catalog_schema, shared=True).acquire().release)
         spark = None
         if path.stat().st_size > settings.landing.local_parse_bytes:
             from streaming.session import create_session
 
-            _progress(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
+            say(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
             spark = create_session(settings)
-        ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark)
-        _progress(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
+        progress = IngestProgress(dsn, pg.catalog_schema, f"{path.name} -> {args.dataset}", path.stat().st_size,
+                                  IngestProgress.style_for(sys.stderr, args.quiet))
+        ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark, progress=progress)
+        say(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
         started = time.monotonic()
-        result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
-                            stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg, source=f"file:{path.resolve()}",
-                            one_off=True)
+        with progress:
+            result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
+                                stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg,
+                                source=f"file:{path.resolve()}", one_off=True)
         seconds = time.monotonic() - started
         if spark is not None:
             spark.stop()
@@ -172,6 +188,19 @@ def cmd_ingest(args, settings) -> int:
 
 def _progress(message: str) -> None:
     print(f"dataops: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_status(args, settings) -> int:
+    from streaming.status import fetch_status, render_status, status_url
+
+    url = status_url(settings)
+    doc = fetch_status(url)
+    if doc is None:
+        print(f"dataops: no daemon answers at {url}"
+              f"{' (metrics.enabled is false)' if not settings.metrics.enabled else ''}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else render_status(doc))
+    return 0 if doc.get("ready") else 1
 
 
 def cmd_catalog_list(args, settings) -> int:
@@ -198,19 +227,43 @@ def cmd_catalog_show(args, settings) -> int:
     if args.json:
         print(json.dumps(doc, default=str, indent=2))
     else:
-        head = {k: v for k, v in doc.items() if k != "columns"}
-        print("\n".join(f"{k:>18}: {v}" for k, v in head.items()))
-        print()
-        columns = [{**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c["top_values"] or [])[:60],
-                    "distinct_count": f"~{c['distinct_count']}" if c["distinct_estimated"] else c["distinct_count"],
-                    "min": "" if c["min"] is None else f"{c['min']}{' chars' if c['min_max_of'] == 'length' else ''}",
-                    "max": "" if c["max"] is None else f"{c['max']}{' chars' if c['min_max_of'] == 'length' else ''}",
-                    "mean": "" if c["mean"] is None else f"{c['mean']:.6g}"}
-                   for c in doc["columns"]]
-        print(catalog.format_table(columns, ["name", "source_name", "type", "nullable", "null_count",
-                                             "distinct_count", "min", "max", "mean", "top_values"]))
-        print("\n(~ marks a HyperLogLog estimate; min/max of text columns are lengths)")
+        print(_show_text(doc))
     return 0
+
+
+# How `catalog show` prints a part of the document: the columns of its table. Parts not listed
+# print every field they have.
+SHOW_COLUMNS = {
+    "columns": ["name", "source_name", "type", "nullable", "null_count", "distinct_count", "min", "max", "mean"],
+    "top_values": ["column", "top_values"],  # the most frequent values, apart: the widest text of all
+    "recent_loads": ["load_id", "started_at", "seconds", "rows_in", "rows_loaded", "rows_quarantined",
+                     "duplicates_removed", "files_rejected", "status"],
+}
+
+
+def _show_text(doc: dict) -> str:
+    """``catalog show`` for a person: the dataset's fields, then each part as a table."""
+    from streaming.tables import render_document, render_table
+
+    parts = dict(doc)
+    parts["columns"] = [_column_row(c) for c in doc.get("columns") or []]
+    parts["top_values"] = [{"column": c["name"], "top_values": c["top_values"]} for c in parts["columns"]
+                           if c["top_values"]]
+    parts["recent_loads"] = [{**r, "seconds": round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
+                              if r.get("finished_at") and r.get("started_at") else None}
+                             for r in doc.get("recent_loads") or []]
+    head = render_document({k: v for k, v in parts.items() if k not in SHOW_COLUMNS}, title="dataset")
+    tables = [render_table(parts[k], columns, title=k) for k, columns in SHOW_COLUMNS.items()
+              if parts.get(k)]
+    return "\n\n".join([head, *tables, "(~ marks a HyperLogLog estimate; min/max of text columns are lengths)"])
+
+
+def _column_row(c: dict) -> dict:
+    unit = " chars" if c.get("min_max_of") == "length" else ""
+    return {**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c.get("top_values") or [])[:300],
+            "distinct_count": f"~{c['distinct_count']}" if c.get("distinct_estimated") else c.get("distinct_count"),
+            "min": None if c.get("min") is None else f"{c['min']}{unit}",
+            "max": None if c.get("max") is None else f"{c['max']}{unit}"}
 
 
 def cmd_catalog_refresh(args, settings) -> int:

@@ -103,6 +103,26 @@ class MetricsConfig(_Section):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class UploadConfig(_Section):
+    """``PUT /datasets/<dataset>/files/<file>`` on the metrics port; off unless enabled."""
+
+    enabled: bool = False
+    token_env: str = Field("DATAOPS_UPLOAD_TOKEN", description="environment variable holding the bearer token")
+    max_bytes: int = Field(10 << 30, ge=1, description="largest accepted file")
+
+    def token(self) -> str:
+        """The bearer token from ``token_env``.
+
+        Raises:
+            ConfigError: uploads are enabled and the variable is unset or empty.
+        """
+        value = os.environ.get(self.token_env, "")
+        if not value:
+            raise ConfigError(f"upload.enabled is true but the environment variable {self.token_env} "
+                              f"(upload.token_env) holding the upload token is not set")
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -344,6 +364,7 @@ class Settings(BaseSettings):
     landing: LandingConfig = Field(default_factory=LandingConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    upload: UploadConfig = Field(default_factory=UploadConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     csv: CsvOptions = Field(default_factory=CsvOptions, description="defaults for every dataset")
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)

@@ -28,8 +28,11 @@ from streaming.batch import LandedFile, LoadContext, load_files, load_records
 from streaming.config import EndpointConfig, Settings, load_settings
 from streaming.errors import ConfigError, ShutdownRequested, TransientSinkError
 from streaming.health import HealthServer
+from streaming.locks import CatalogLock, DaemonLocks, LockHeld
 from streaming.metrics import Metrics, progress_listener
 from streaming.naming import normalize_dataset_name
+from streaming.status import PostgresProbe, daemon_status, startup_lines
+from streaming.upload import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class _Query:
     restart_at: float = 0.0
     batch_active: bool = False
     endpoint: EndpointConfig | None = None  # set for a REST endpoint's query
-    last_error: str | None = None  # the endpoint's last failed poll, cleared by a good one
+    last_error: str | None = None  # the endpoint's last failed poll (cleared by a good one) or query failure
     error_repeats: int = 0
     stopping: threading.Thread | None = None  # a stop in progress (config change): no restart before it ends
     retrying_since: float | None = None  # monotonic time the batch in flight first failed transiently
@@ -87,21 +90,49 @@ class Daemon:
         self._listener = None
         self.health: HealthServer | None = None
         self.running = False
+        self.started_at = time.time()
+        self.locks: DaemonLocks | None = None
+        self._exit_code = 0
+        self.postgres_probe = PostgresProbe(dsn)
+        self.metrics.observe(self._scrape_state)
         # A failing batch raises out of foreachBatch; py4j would log each with a full traceback. The
         # supervisor reports it in one line naming the dataset instead.
         logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def run(self) -> int:
+        """Hold the landing folder, checkpoint directory and catalog schema, then run.
+
+        Raises:
+            LockHeld: another dataops process holds one of them (the message names it).
+        """
+        self.locks = DaemonLocks(self.landing.root, self.settings.spark.checkpoint_dir)
+        self.locks.acquire_files()
+        try:
+            return self._run()
+        finally:
+            if self.health is not None:
+                self.health.stop()
+            self.locks.release()
+
+    def _run(self) -> int:
         from streaming.session import create_session
 
         self._install_signals()
+        if self.settings.upload.enabled and not self.settings.metrics.enabled:
+            raise ConfigError("upload.enabled needs metrics.enabled: uploads are served on the metrics port")
+        for line in startup_lines(self.settings, self.ctx.dsn):
+            log.info("%s", line)
+        Uploads.clean_staging(self.landing.root)
         if self.settings.metrics.enabled and self.health is None:
             m = self.settings.metrics
-            self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness).start()
-            log.info("metrics and health on http://%s:%d (/metrics, /healthz, /readyz)", m.host, self.health.port)
+            uploads = Uploads(self.landing.root, self.settings, self.ctx.dsn) if self.settings.upload.enabled else None
+            self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness, status=self.status,
+                                       uploads=uploads).start()
+            log.info("metrics on http://%s:%d/metrics (health /healthz /readyz, status /status%s)", m.host,
+                     self.health.port, ", uploads PUT /datasets/<dataset>/files/<file>" if uploads else "")
         pg = self.settings.postgres
-        if not self._wait_for_postgres():
+        if not self._wait_for_postgres() or not self._lock_catalog():
             return 0
         dropped = postgres.drop_stale_stages(self.ctx.dsn, pg.catalog_schema, STALE_STAGE_SECONDS)
         if dropped:
@@ -131,7 +162,7 @@ class Daemon:
                 self._supervise()
         finally:
             self._shutdown()
-        return 0
+        return self._exit_code
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -151,6 +182,41 @@ class Daemon:
                 return False
             delay = min(delay * 2, 30.0)
 
+    def _lock_catalog(self) -> bool:
+        """Hold the catalog schema's advisory lock for the daemon's life; False if asked to stop."""
+        lock = CatalogLock(self.ctx.dsn, self.settings.postgres.catalog_schema)
+        delay = 1.0
+        while True:
+            try:
+                lock.acquire()
+                break
+            except psycopg2.Error as exc:
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", _first_line(exc), delay)
+            if self.stop_event.wait(delay):
+                return False
+            delay = min(delay * 2, 30.0)
+        self.locks.catalog = lock.keep(self._catalog_lock_lost)
+        return True
+
+    def _catalog_lock_lost(self, message: str) -> None:
+        log.error("%s (taken while the connection to PostgreSQL was down); stopping", message)
+        self._exit_code = 1
+        self.request_stop()
+
+    def _scrape_state(self) -> dict:
+        """The state gauges, computed when Prometheus scrapes (see streaming.metrics.StateCollector)."""
+        queries = [q for q in list(self.queries.values()) if q.failures >= 0]
+        return {
+            "postgres_up": self.postgres_probe.check()[0],
+            "files_pending": {q.table: self.landing.pending_count(q.dataset) for q in queries if q.endpoint is None},
+            "query_up": {q.table: bool(self.running and q.query is not None and _active(q.query)) for q in queries},
+            "batch_retrying": {q.table: q.retrying_since is not None for q in queries},
+        }
+
+    def status(self) -> tuple[bool, dict]:
+        """``/status``: readiness plus, per dataset, its source, query, pending files, last batch and error."""
+        return daemon_status(self)
+
     def readiness(self) -> tuple[bool, dict]:
         """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers."""
         queries = {q.key: "running" if q.query is not None and q.query.isActive else
@@ -163,17 +229,8 @@ class Daemon:
                 queries[q.key] = f"retrying for {now - since:.0f}s: {q.retry_error}"
         # A failing API is reported, but does not make the daemon unready: restarting it cannot help.
         endpoints = {q.table: q.last_error or "ok" for q in list(self.queries.values()) if q.endpoint is not None}
-        try:
-            conn = postgres.connect(self.ctx.dsn, connect_timeout=3)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-            finally:
-                conn.close()
-            database = "ok"
-        except Exception as exc:
-            database = f"unreachable: {_first_line(exc)}"
-        self.metrics.postgres_up.set(1 if database == "ok" else 0)
+        up, problem = self.postgres_probe.check()
+        database = "ok" if up else f"unreachable: {_first_line(problem)}"
         state = "running" if self.running and not self.stop_event.is_set() else (
             "stopping" if self.stop_event.is_set() else "starting")
         ready = state == "running" and database == "ok" and all(v == "running" for v in queries.values())
@@ -210,7 +267,6 @@ class Daemon:
         for q in self.queries.values():
             if q.query is not None:
                 _stop_quietly(q.query, q.dataset)
-            self.metrics.query_up.labels(q.table).set(0)
         if self._events is not None:
             self._events.stop()
         if self.spark is not None and self._listener is not None:
@@ -259,7 +315,6 @@ class Daemon:
         """Stop a query in the background: its batch in flight may wait out PostgreSQL or a
         Retry-After, and supervision must go on meanwhile. ``q`` restarts only once it stopped."""
         query, q.query = q.query, None
-        self.metrics.query_up.labels(q.table).set(0)
         if query is None:
             return
 
@@ -335,8 +390,6 @@ class Daemon:
         for q in list(self.queries.values()):
             if q.failures < 0:  # a folder that cannot get a query
                 continue
-            if q.endpoint is None:
-                self.metrics.files_pending.labels(q.table).set(self.landing.pending_count(q.dataset))
             if q.query is not None and q.query.isActive:
                 continue
             if q.stopping is not None:
@@ -354,8 +407,9 @@ class Daemon:
         q.failures += 1
         backoff = min(MAX_BACKOFF_SECONDS, 2 ** (q.failures - 1))
         q.restart_at = now + backoff
-        self.metrics.query_up.labels(q.table).set(0)
         self.metrics.query_restarts.labels(q.table).inc()
+        if q.endpoint is None:
+            q.last_error = _first_line(error)
         log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset, _first_line(error), backoff)
 
     def _start(self, q: _Query) -> None:
@@ -431,7 +485,6 @@ class Daemon:
             return
         ref["id"] = str(q.query.id)
         ready.set()
-        self.metrics.query_up.labels(q.table).set(1)
         log.info("%s: query started (trigger %d ms, checkpoint %s)", what, trigger_ms, checkpoint)
 
     def _load_with_retry(self, q: _Query, files: list[LandedFile], stream: str, batch_id: int) -> None:
@@ -440,6 +493,7 @@ class Daemon:
         result = self._retry_transient(q, f"dataset {dataset}", batch_id,
                                        lambda: load_files(self.ctx, dataset, files, stream, batch_id))
         self._settle_files(dataset, files, result.files, result.load_id)
+        q.last_error = None
 
     def _retry_transient(self, q: _Query, what: str, batch_id: int, load):
         """Run a load; wait out PostgreSQL outages here so the query keeps its place.
@@ -458,15 +512,12 @@ class Daemon:
                     if q.retrying_since is None:
                         q.retrying_since = time.monotonic()
                     q.retry_error = _first_line(exc)
-                    self.metrics.batch_retrying.labels(q.table).set(1)
                     log.warning("%s; retrying in %.0fs", exc, delay)
                     if self.ctx.stopping.wait(delay):
                         raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
                     delay = min(delay * 2, 30.0)
         finally:
-            if q.retrying_since is not None:
-                q.retrying_since = q.retry_error = None
-                self.metrics.batch_retrying.labels(q.table).set(0)
+            q.retrying_since = q.retry_error = None
 
     def _settle_files(self, dataset: str, files: list[LandedFile], entries: list[dict], load_id: int) -> None:
         """After commit: archive loaded files, reject unreadable ones (idempotent on replay)."""
@@ -555,6 +606,13 @@ class ConfigWatch:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
+
+
+def _active(query) -> bool:
+    try:
+        return bool(query.isActive)
+    except Exception:  # the JVM is going away (shutdown): the query is not running
+        return False
 
 
 def _stop_quietly(query, dataset: str) -> None:
