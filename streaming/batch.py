@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from connectors import postgres
+from connectors import catalog_links, postgres
 from connectors.csvfile import FileReport, FileTask, plan_parts, run_file_task
 from connectors.rest.client import mask_url
 from connectors.rest.records import run_records_task
@@ -153,7 +153,7 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not files)
+        quarantine_rejected=not files, description=cfg.description, column_descriptions=dict(cfg.column_descriptions))
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
@@ -175,6 +175,8 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
     except BaseException:
         _drop_reports(ctx, plan.reports)
         raise
+    if not result.replayed:
+        _find_links(ctx, dataset)
     seconds = time.monotonic() - started
     # Per file, not per part: a large file parsed in parts is one file here.
     rejected = sum(1 for f in result.files if f["status"] == "rejected")
@@ -183,6 +185,14 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
              "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, files, result.rows_in,
              result.loaded, result.quarantined, result.duplicates, rejected, seconds)
     return result
+
+
+def _find_links(ctx: LoadContext, dataset: str) -> None:
+    """Re-evaluate the dataset's key and join candidates; derived data, so a failure only logs."""
+    try:
+        catalog_links.refresh(ctx.dsn, ctx.settings.postgres.catalog_schema, dataset)
+    except SinkError as exc:
+        log.warning("%s; they are re-evaluated with the next batch", exc)
 
 
 def stage_token() -> str:

@@ -74,7 +74,26 @@ def _parser() -> argparse.ArgumentParser:
                                      help="recompute a dataset's counts and column statistics from its table")
     refresh.add_argument("dataset")
     refresh.set_defaults(func=cmd_catalog_refresh)
+    _discovery_commands(catalog_sub, config)
     return parser
+
+
+def _discovery_commands(catalog_sub, config) -> None:
+    search = catalog_sub.add_parser("search", parents=[config],
+                                    help="datasets and columns whose names, descriptions, types or values match")
+    search.add_argument("text")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_catalog_search)
+    context = catalog_sub.add_parser("context", parents=[config],
+                                     help="a compact, prompt-ready description of datasets (all when none named)")
+    context.add_argument("datasets", nargs="*", metavar="DATASET")
+    context.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    context.set_defaults(func=cmd_catalog_context)
+    describe = catalog_sub.add_parser("describe", parents=[config], help="set a dataset's or column's description")
+    describe.add_argument("dataset")
+    describe.add_argument("--column", metavar="COL")
+    describe.add_argument("text", help="the description; empty text clears it")
+    describe.set_defaults(func=cmd_catalog_describe)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -218,6 +237,38 @@ def cmd_catalog_refresh(args, settings) -> int:
     with _database(settings) as dsn:
         summary = catalog.refresh_dataset(dsn, settings, args.dataset)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_catalog_search(args, settings) -> int:
+    from streaming import catalog, discovery
+
+    with _database(settings) as dsn:
+        items = discovery.search(dsn, settings, args.text)
+    if args.json:
+        print(json.dumps([{k: i[k] for k in ("dataset", "column", "matched", "score")} for i in items], indent=2))
+    else:
+        print(catalog.format_table(items, ["score", "dataset", "column", "matched", "text"]))
+    return 0
+
+
+def cmd_catalog_context(args, settings) -> int:
+    from streaming import discovery
+
+    with _database(settings) as dsn:
+        docs = discovery.documents(dsn, settings, args.datasets)
+    if args.format == "json":
+        print(json.dumps(discovery.context_json(docs), default=str, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(discovery.context_markdown(docs))
+    return 0
+
+
+def cmd_catalog_describe(args, settings) -> int:
+    from streaming import discovery
+
+    with _database(settings) as dsn:
+        print(json.dumps(discovery.describe(dsn, settings, args.dataset, args.column, args.text)))
     return 0
 
 

@@ -1,0 +1,197 @@
+"""Column profiles of the catalog: semantic type, personal data, uniqueness and sample values.
+
+Kept batch by batch inside the merge transaction, right after the column statistics
+(:mod:`connectors.stats`), from the same work tables, so the cost follows the batch:
+
+* per column and semantic type, the number of values that pass the type's test
+  (:mod:`streaming.semantics`), counted in one SQL scan of the batch's rows; like the other
+  counts they are added for added rows and subtracted for the rows an upsert replaced, and
+  rebuilt from the table when the table was replaced or rewritten;
+* ``unique``: exact for columns with exact value counts (at most 50 distinct values) and for a
+  one-column primary key; for larger columns the HyperLogLog estimate rules out columns clearly
+  holding repeats, and the rest are checked exactly with ``count(DISTINCT)`` while the table has
+  at most :data:`EXACT_ROWS` rows (beyond that the estimate stands: a column with fewer than
+  :data:`UNIQUE_SLACK` of its values repeated can pass as unique);
+* sample values: the (at most) five distinct values with the smallest hashes, a bottom-k sample
+  that merges across batches; values an upsert removes leave the sample. Stored as found (for the
+  next merge) and masked (for everything that shows them).
+"""
+
+from __future__ import annotations
+
+import json
+
+from psycopg2 import sql
+from psycopg2.extras import execute_values
+
+from connectors.stats import Delta
+from streaming import semantics
+
+EXACT_ROWS = 200_000  # tables up to this size get exact checks (uniqueness, pairs, containment)
+UNIQUE_SLACK = 0.025  # about three standard errors of the distinct-count estimate
+SAMPLE_SIZE = 5
+SAMPLE_CHARS = 200  # longer values are sampled by their first characters
+
+
+def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, columns: dict[str, str],
+          delta: Delta, primary_key=()) -> None:
+    """Update every column profile of ``dataset`` for one committed batch (same transaction)."""
+    rebuild = delta.replaced_table or bool(delta.widened) or delta.recompute
+    old = {} if rebuild else _load(cur, cat, dataset)
+    # Columns never profiled (new to an older catalog) start from the whole table, once.
+    fresh = dict(columns) if rebuild else {n: k for n, k in columns.items() if old.get(n, (None,))[0] is None}
+    incremental = {n: k for n, k in columns.items() if n not in fresh}
+    whole = delta.added if delta.replaced_table else target
+    counts = _count(cur, whole, fresh) if fresh else {}
+    samples = _sample(cur, whole, fresh)
+    if incremental:
+        added = _count(cur, delta.added, incremental)
+        removed = _count(cur, delta.removed, incremental) if delta.removed is not None else {}
+        for name in incremental:
+            before = old[name][0]
+            counts[name] = {t: before.get(t, 0) + added[name].get(t, 0) - removed.get(name, {}).get(t, 0)
+                            for t in {*before, *added[name]}}
+        gone = _removed_values(cur, delta.removed, {n: [v for _, v in old[n][1]] for n in incremental}) \
+            if delta.removed is not None else {}
+        batch = _sample(cur, delta.added, incremental)
+        for name in incremental:
+            kept = [hv for hv in old[name][1] if hv[1] not in gone.get(name, set())]
+            samples[name] = _bottom(kept + batch.get(name, []))
+    facts = _facts(cur, cat, dataset)
+    unique = _uniqueness(cur, target, delta.rows_after, facts, tuple(primary_key))
+    rows = []
+    for name, kind in columns.items():
+        non_null = facts[name]["non_null_count"] if name in facts else 0
+        semantic, confidence = semantics.classify(name, kind, counts.get(name), non_null)
+        pii = semantics.pii_category(name, semantic, counts.get(name), non_null)
+        sample = samples.get(name, [])
+        rows.append((name, json.dumps(counts.get(name, {})), semantic, confidence, pii, unique.get(name, False),
+                     json.dumps(sample), json.dumps([semantics.mask(v, pii) for _, v in sample])))
+    execute_values(cur, sql.SQL(
+        "UPDATE {cat}.columns c SET semantic_counts = d.counts::jsonb, semantic_type = d.semantic, "
+        "semantic_confidence = d.confidence, pii = d.pii, is_unique = d.is_unique, sample_found = d.found::jsonb, "
+        "sample_values = d.shown::jsonb FROM (VALUES %s) d(name, counts, semantic, confidence, pii, is_unique, found, "
+        "shown) WHERE c.dataset = {ds} AND c.name = d.name").format(cat=cat, ds=sql.Literal(dataset)).as_string(cur),
+        rows, template="(%s, %s, %s, %s::double precision, %s, %s::boolean, %s, %s)")
+
+
+def _load(cur, cat, dataset: str) -> dict[str, tuple[dict | None, list]]:
+    cur.execute(sql.SQL("SELECT name, semantic_counts, sample_found FROM {}.columns WHERE dataset = %s").format(cat),
+                (dataset,))
+    return {name: (counts, [tuple(hv) for hv in found or []]) for name, counts, found in cur.fetchall()}
+
+
+def _test(column: str, kind: str, t: semantics.SemanticType) -> sql.Composable:
+    ident = sql.Identifier(column)
+    if kind == "text":
+        return sql.SQL("{} ~ {}").format(ident, sql.Literal(f"^(?:{t.pattern})$"))
+    low, high = t.numeric
+    return sql.SQL("{} BETWEEN {} AND {}").format(ident, sql.Literal(low), sql.Literal(high))
+
+
+def _count(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Per column, how many of ``relation``'s values pass each applicable semantic test, in one scan."""
+    tests = [(name, t) for name, kind in columns.items() for t in semantics.applicable(kind)]
+    out: dict[str, dict[str, int]] = {name: {} for name in columns}
+    if not tests:
+        return out
+    exprs = [sql.SQL("count(*) FILTER (WHERE {})").format(_test(name, columns[name], t)) for name, t in tests]
+    cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(exprs), relation))
+    for (name, t), n in zip(tests, cur.fetchone()):
+        out[name][t.name] = n
+    return out
+
+
+def _value(column: str, kind: str) -> sql.Composable:
+    """A value as sampled text: numeric ``1.50`` is ``1.5``, long text its first characters."""
+    ident = sql.Identifier(column)
+    text = sql.SQL("trim_scale({})::text" if kind == "numeric" else "{}::text").format(ident)
+    return sql.SQL("left({}, {})").format(text, sql.Literal(SAMPLE_CHARS))
+
+
+def _sample(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+    """Per column, the distinct values of ``relation`` with the smallest hashes (``(hash, value)``)."""
+    if not columns:
+        return {}
+    cur.execute(sql.SQL(" UNION ALL ").join(
+        sql.SQL("(SELECT {n}, h, v FROM (SELECT DISTINCT hashtextextended(v, 0) AS h, v FROM "
+                "(SELECT {v} AS v FROM {rel} rel) s WHERE v IS NOT NULL) d ORDER BY h, v LIMIT {k})").format(
+            n=sql.Literal(name), v=_value(name, kind), rel=relation, k=sql.Literal(SAMPLE_SIZE))
+        for name, kind in columns.items()))
+    out: dict[str, list[tuple[int, str]]] = {}
+    for name, h, v in cur.fetchall():
+        out.setdefault(name, []).append((h, v))
+    return out
+
+
+def _bottom(values: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    return sorted(set(map(tuple, values)))[:SAMPLE_SIZE]
+
+
+def _removed_values(cur, removed: sql.Composable, sampled: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Which sampled values occur in the rows an upsert replaced (they may be gone from the table)."""
+    wanted = {n: vs for n, vs in sampled.items() if vs}
+    if not wanted:
+        return {}
+    cur.execute(sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT DISTINCT {n}, v FROM (SELECT {v} AS v FROM {rel} rel) s WHERE v = ANY({vs})").format(
+            n=sql.Literal(name), v=_value(name, "text"), rel=removed, vs=sql.Literal(vs))
+        for name, vs in wanted.items()))
+    out: dict[str, set[str]] = {}
+    for name, v in cur.fetchall():
+        out.setdefault(name, set()).add(v)
+    return out
+
+
+def _facts(cur, cat, dataset: str) -> dict[str, dict]:
+    cur.execute(sql.SQL("SELECT name, type, non_null_count, null_count, distinct_count, distinct_estimated "
+                        "FROM {}.columns WHERE dataset = %s").format(cat), (dataset,))
+    names = [d[0] for d in cur.description]
+    return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+
+
+def _uniqueness(cur, target, rows: int, facts: dict[str, dict], primary_key: tuple) -> dict[str, bool]:
+    """Whether each column's non-null values never repeat (see the module docstring for how exact)."""
+    unique, verify = {}, []
+    for name, f in facts.items():
+        n = f["non_null_count"]
+        if not n or f["type"] in ("jsonb", "boolean"):
+            unique[name] = False
+        elif primary_key == (name,):
+            unique[name] = True
+        elif not f["distinct_estimated"]:
+            unique[name] = f["distinct_count"] == n
+        elif f["distinct_count"] < n * (1 - UNIQUE_SLACK):
+            unique[name] = False
+        else:
+            unique[name] = True
+            verify.append(name)
+    if verify and rows <= EXACT_ROWS:
+        cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(
+            sql.SQL("count(DISTINCT {c}) = count({c})").format(c=sql.Identifier(n)) for n in verify), target))
+        unique.update(zip(verify, cur.fetchone()))
+    return unique
+
+
+def apply_descriptions(cur, cat: sql.Identifier, dataset: str, description: str | None,
+                       column_descriptions: dict[str, str]) -> None:
+    """Apply the configured descriptions where the configuration changed since it was last applied.
+
+    Each field keeps the configured text it last took over; a description set at run time
+    (``dataops catalog describe``) stays until the configured text itself changes. A description
+    removed from the configuration leaves the current one alone.
+    """
+    changed = sql.SQL("CASE WHEN {new} IS NOT NULL AND {old} IS DISTINCT FROM {new} THEN {new} ELSE {cur} END")
+    cur.execute(sql.SQL("UPDATE {}.datasets SET description = {}, description_config = %(d)s WHERE name = %(ds)s").format(
+        cat, changed.format(new=sql.SQL("%(d)s::text"), old=sql.SQL("description_config"), cur=sql.SQL("description"))),
+        {"d": description, "ds": dataset})
+    cur.execute(sql.SQL("SELECT name FROM {}.columns WHERE dataset = %s").format(cat), (dataset,))
+    names = [n for (n,) in cur.fetchall()]
+    if names:
+        execute_values(cur, sql.SQL(
+            "UPDATE {cat}.columns c SET description = {set}, description_config = d.text "
+            "FROM (VALUES %s) d(name, text) WHERE c.dataset = {ds} AND c.name = d.name").format(
+            cat=cat, ds=sql.Literal(dataset),
+            set=changed.format(new=sql.SQL("d.text"), old=sql.SQL("c.description_config"),
+                               cur=sql.SQL("c.description"))).as_string(cur),
+            [(n, column_descriptions.get(n)) for n in names], template="(%s, %s::text)")
