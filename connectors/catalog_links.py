@@ -16,7 +16,7 @@ A column references a key (a one-column key candidate of a dataset) when, in thi
 4. the share of its distinct values found in the key — the *containment* — is at least
    :data:`MIN_CONTAINMENT`: exact from the value sets of low-cardinality columns; else estimated
    from the HyperLogLog sketches (|A∩B| = |A| + |B| − |A∪B|) and, while both tables have at most
-   :data:`connectors.profile.EXACT_ROWS` rows (or the key is a primary key and the column has at
+   ``connectors.profile.EXACT_ROWS`` rows (or the key is a primary key and the column has at
    most 50 values), verified exactly in SQL. Beyond that the sketch estimate is reported when its
    error bound is within :data:`MAX_SKETCH_ERROR`, and the candidate is left out otherwise.
 """
@@ -32,8 +32,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import RealDictCursor, execute_values
 
-from connectors import postgres
-from connectors.profile import EXACT_ROWS
+from connectors import postgres, profile
 from connectors.stats import HLL_M, hll_estimate
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,8 @@ MAX_SKETCH_ERROR = 0.05
 MAX_PAIRS = 6  # two-column keys verified per dataset and batch
 _HLL_SE = 1.04 / HLL_M ** 0.5
 _FAMILY = {"smallint": "integer", "integer": "integer", "bigint": "integer", "text": "text"}
-_KEY_TYPES = ("smallint", "integer", "bigint", "numeric", "text", "date", "timestamp", "timestamptz")
+# Measurements (decimals, floating point) that happen not to repeat are no keys.
+_KEY_TYPES = ("smallint", "integer", "bigint", "text", "date", "timestamp", "timestamptz")
 GENERIC_NAMES = frozenset({"id", "key", "code", "name", "value", "type", "status", "number", "no", "uuid", "ref"})
 
 
@@ -150,7 +150,7 @@ def key_candidates(cur, dataset: dict, columns: dict[str, dict]) -> list[list[st
     out = [pk] if pk and all(c in columns for c in pk) else []
     out += [[n] for n in single_keys(dataset, columns) if [n] != pk]
     rows = dataset["row_count"]
-    if out or not rows or rows > EXACT_ROWS:
+    if out or not rows or rows > profile.EXACT_ROWS:
         return out
     usable = [c for c in columns.values() if c["non_null_count"] == rows and c["type"] in _KEY_TYPES]
     pairs = [(x, y) for x, y in itertools.combinations(usable, 2) if x["distinct_count"] * y["distinct_count"] >= rows]
@@ -180,7 +180,8 @@ def _plausible(a: str, col: dict, b: str, key: dict) -> bool:
     uuids = col["semantic_type"] == key["semantic_type"] == "uuid"
     if not (name_evidence(col["name"], b, key["name"]) or uuids):
         return False
-    if col["distinct_count"] > key["distinct_count"] * (1 + 3 * _HLL_SE) + 1:
+    # Containment of at least one half needs at least half the column's values among the key's.
+    if col["distinct_count"] * MIN_CONTAINMENT > key["distinct_count"] * (1 + 3 * _HLL_SE) + 1:
         return False
     if family == "integer" and None not in (col["min_value"], col["max_value"], key["min_value"], key["max_value"]):
         if int(col["max_value"]) < int(key["min_value"]) or int(col["min_value"]) > int(key["max_value"]):
@@ -211,9 +212,9 @@ def _containment(cur, sketches: _Sketches, a: dict, col: dict, b: dict, key: dic
             return None, "exact"
         if key["top_values"] is not None:
             return len(values & set(key["top_values"])) / len(values), "exact"
-        if b["row_count"] <= EXACT_ROWS or list(b["primary_key"] or []) == [key["name"]]:
+        if b["row_count"] <= profile.EXACT_ROWS or list(b["primary_key"] or []) == [key["name"]]:
             return _found_values(cur, b, key, sorted(values)) / len(values), "exact"
-    affordable = a["row_count"] <= EXACT_ROWS and b["row_count"] <= EXACT_ROWS
+    affordable = a["row_count"] <= profile.EXACT_ROWS and b["row_count"] <= profile.EXACT_ROWS
     estimate, error = _sketch_containment(sketches.get(a["name"], col["name"]), sketches.get(b["name"], key["name"]))
     if estimate is None:
         return None, "sketch"

@@ -22,6 +22,7 @@ from streaming.naming import normalize_dataset_name, normalize_identifier
 WEIGHTS = {"name": 1.0, "source_name": 0.8, "semantic_type": 0.8, "description": 0.7, "values": 0.6}
 CONTEXT_SAMPLES = 3
 CONTEXT_CHARS = 32
+NUMBERS = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
 
 
 def documents(dsn: str, settings: Settings, names: list[str] | None = None) -> list[dict]:
@@ -132,7 +133,8 @@ def column_facts(col: dict, rows: int) -> list[str]:
         facts.append(span)
     samples = [_clip(str(v)) for v in (col["sample_values"] or [])[:CONTEXT_SAMPLES]]
     if samples:
-        facts.append("e.g. " + ", ".join(json.dumps(s, ensure_ascii=False) for s in samples))
+        quote = col["type"] not in NUMBERS
+        facts.append("e.g. " + ", ".join(json.dumps(s, ensure_ascii=False) if quote else s for s in samples))
     if col["description"]:
         facts.append(col["description"])
     return facts
