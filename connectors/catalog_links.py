@@ -15,9 +15,9 @@ A column references a key (a one-column key candidate of a dataset) when, in thi
    ranges overlap;
 4. the share of its distinct values found in the key — the *containment* — is at least
    :data:`MIN_CONTAINMENT`: exact from the value sets of low-cardinality columns; else estimated
-   from the HyperLogLog sketches (|A∩B| = |A| + |B| − |A∪B|) and, while both tables have at most
-   ``connectors.profile.EXACT_ROWS`` rows (or the key is a primary key and the column has at
-   most 50 values), verified exactly in SQL. Beyond that the sketch estimate is reported when its
+   from the HyperLogLog sketches (|A∩B| = |A| + |B| − |A∪B|) and verified exactly in SQL while
+   the column's table has at most ``connectors.profile.EXACT_ROWS`` rows and the key's table too
+   (or the key is its table's primary key, looked up by index). Beyond that the sketch estimate is reported when its
    error bound is within :data:`MAX_SKETCH_ERROR`, and the candidate is left out otherwise.
 """
 
@@ -214,7 +214,9 @@ def _containment(cur, sketches: _Sketches, a: dict, col: dict, b: dict, key: dic
             return len(values & set(key["top_values"])) / len(values), "exact"
         if b["row_count"] <= profile.EXACT_ROWS or list(b["primary_key"] or []) == [key["name"]]:
             return _found_values(cur, b, key, sorted(values)) / len(values), "exact"
-    affordable = a["row_count"] <= profile.EXACT_ROWS and b["row_count"] <= profile.EXACT_ROWS
+    # A key that is its table's primary key is looked up by index: the cost follows the column's table.
+    indexed = list(b["primary_key"] or []) == [key["name"]]
+    affordable = a["row_count"] <= profile.EXACT_ROWS and (indexed or b["row_count"] <= profile.EXACT_ROWS)
     estimate, error = _sketch_containment(sketches.get(a["name"], col["name"]), sketches.get(b["name"], key["name"]))
     if estimate is None:
         return None, "sketch"

@@ -51,7 +51,7 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
             before = old[name][0]
             counts[name] = {t: before.get(t, 0) + added[name].get(t, 0) - removed.get(name, {}).get(t, 0)
                             for t in {*before, *added[name]}}
-        gone = _removed_values(cur, delta.removed, {n: [v for _, v in old[n][1]] for n in incremental}) \
+        gone = _removed_values(cur, delta.removed, {n: (k, [v for _, v in old[n][1]]) for n, k in incremental.items()}) \
             if delta.removed is not None else {}
         batch = _sample(cur, delta.added, incremental)
         for name in incremental:
@@ -128,15 +128,18 @@ def _bottom(values: list[tuple[int, str]]) -> list[tuple[int, str]]:
     return sorted(set(map(tuple, values)))[:SAMPLE_SIZE]
 
 
-def _removed_values(cur, removed: sql.Composable, sampled: dict[str, list[str]]) -> dict[str, set[str]]:
-    """Which sampled values occur in the rows an upsert replaced (they may be gone from the table)."""
-    wanted = {n: vs for n, vs in sampled.items() if vs}
+def _removed_values(cur, removed: sql.Composable, sampled: dict[str, tuple[str, list[str]]]) -> dict[str, set[str]]:
+    """Which sampled values occur in the rows an upsert replaced (they may be gone from the table).
+
+    ``sampled`` maps a column to its type and sampled values.
+    """
+    wanted = {n: kv for n, kv in sampled.items() if kv[1]}
     if not wanted:
         return {}
     cur.execute(sql.SQL(" UNION ALL ").join(
         sql.SQL("SELECT DISTINCT {n}, v FROM (SELECT {v} AS v FROM {rel} rel) s WHERE v = ANY({vs})").format(
-            n=sql.Literal(name), v=_value(name, "text"), rel=removed, vs=sql.Literal(vs))
-        for name, vs in wanted.items()))
+            n=sql.Literal(name), v=_value(name, kind), rel=removed, vs=sql.Literal(values))
+        for name, (kind, values) in wanted.items()))
     out: dict[str, set[str]] = {}
     for name, v in cur.fetchall():
         out.setdefault(name, set()).add(v)

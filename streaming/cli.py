@@ -248,7 +248,8 @@ def cmd_catalog_search(args, settings) -> int:
     if args.json:
         print(json.dumps([{k: i[k] for k in ("dataset", "column", "matched", "score")} for i in items], indent=2))
     else:
-        print(catalog.format_table(items, ["score", "dataset", "column", "matched", "text"]))
+        print(catalog.format_table([{**i, "text": (i["text"] or "")[:60]} for i in items],
+                                   ["score", "dataset", "column", "matched", "text"]))
     return 0
 
 

@@ -282,3 +282,31 @@ def test_search_and_context_follow_loads_and_descriptions(db, make_settings, tmp
     status = next(c for c in catalog.show_dataset(settings.dsn, settings, "orders")["columns"] if c["name"] == "status")
     assert status["sample_values"] == ["paid"]
     assert cli.main(["catalog", "context", "nope", "--config", config]) == 2
+
+
+def test_semantic_rules_on_values_alone():
+    emails = ["ann@example.com"] * 6 + ["not an address"] * 4
+    counts = {"email": sum(semantics.fits("email", v) for v in emails)}
+    assert semantics.classify("contact", "text", counts, len(emails)) == (None, None)
+    assert semantics.pii_category("contact", None, counts, len(emails)) == "email"
+    assert semantics.classify("amount", "integer", {"postal_code": 10, "latitude": 0}, 10) == (None, None)
+    assert semantics.classify("zip", "integer", {"postal_code": 10}, 10) == ("postal_code", 1.0)
+    assert semantics.classify("lat", "numeric", {"latitude": 10, "longitude": 10}, 10) == ("latitude", 1.0)
+    assert not semantics.fits("ipv4", "256.1.1.1") and not semantics.fits("email", "a@b")
+    assert semantics.mask("jane@example.com", "email") == "j***@example.com"
+    assert semantics.mask("+44 20 7946 0958", "phone") == "+** ** **** **58"
+    assert semantics.mask("192.168.10.20", "ip_address") == "192.168.*.*"
+    assert catalog_links.name_evidence("customer_id", "customers", "id")
+    assert catalog_links.name_evidence("origin_tailnum", "planes", "tailnum")
+    assert catalog_links.name_evidence("billing_customer_id", "customers", "id")
+    assert not catalog_links.name_evidence("quantity", "customers", "id")
+    assert not catalog_links.name_evidence("id", "customers", "id")
+    assert catalog_links.singular("categories") == "category" and catalog_links.singular("boxes") == "box"
+
+
+def test_column_descriptions_take_source_names(make_settings):
+    settings = make_settings(datasets={"orders": {"column_descriptions": {"Amount (USD)": "Total"}}},
+                             endpoints=[{"name": "items", "url": "http://127.0.0.1:1/items", "description": "Items",
+                                         "column_descriptions": {"owner__login": "Who owns it"}}])
+    assert settings.dataset("orders").column_descriptions == {"amount_usd": "Total"}
+    assert settings.endpoint("items").description == "Items"
