@@ -83,8 +83,17 @@ def _load(cur, cat, dataset: str) -> dict[str, tuple[dict | None, list]]:
 
 def _test(column: str, kind: str, t: semantics.SemanticType) -> sql.Composable:
     ident = sql.Identifier(column)
+    if kind == "text" and t.codes is not None:
+        return sql.SQL("{} = ANY({})").format(ident, sql.Literal(sorted(t.codes)))
     if kind == "text":
-        return sql.SQL("{} ~ {}").format(ident, sql.Literal(f"^(?:{t.pattern})$"))
+        # Cheap tests first: AND stops at the first that fails, so most values never reach the regex.
+        tests = []
+        if t.length:
+            tests.append(sql.SQL("length({}) BETWEEN {} AND {}").format(ident, *map(sql.Literal, t.length)))
+        if t.starts:
+            tests.append(sql.SQL("left({}, 1) = ANY({})").format(ident, sql.Literal(list(t.starts))))
+        tests.append(sql.SQL("{} ~ {}").format(ident, sql.Literal(f"^(?:{t.pattern})$")))
+        return sql.SQL(" AND ").join(tests)
     low, high = t.numeric
     return sql.SQL("{} BETWEEN {} AND {}").format(ident, sql.Literal(low), sql.Literal(high))
 

@@ -193,6 +193,8 @@ def _find_links(ctx: LoadContext, dataset: str) -> None:
         catalog_links.refresh(ctx.dsn, ctx.settings.postgres.catalog_schema, dataset)
     except SinkError as exc:
         log.warning("%s; they are re-evaluated with the next batch", exc)
+    except Exception:  # the batch is committed: nothing derived from it may fail it now
+        log.exception("dataset %s: finding key and join candidates failed; re-evaluated with the next batch", dataset)
 
 
 def stage_token() -> str:

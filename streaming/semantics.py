@@ -1,8 +1,8 @@
 """What a column's values mean: semantic types, personal-data categories and masking.
 
 Pure functions and data, no I/O. Each semantic type is one test a value can pass: a regular
-expression written in the subset PostgreSQL (``~``) and Python (``re.fullmatch``) read alike, or a
-numeric range. The merge counts, per column, how many of a batch's values pass each test
+expression written in the subset PostgreSQL (``~``) and Python (``re.fullmatch``) read alike, a
+code list, or a numeric range. The merge counts, per column, how many of a batch's values pass each test
 (:func:`connectors.profile.apply`); :func:`classify` then picks the type from those exact counts
 and the column's name, and :func:`pii_category` tells whether the column holds personal data.
 """
@@ -53,10 +53,6 @@ CURRENCY_CODES = frozenset("""
 """.split())
 
 
-def _alternation(codes) -> str:
-    return "(?:" + "|".join(re.escape(c) for c in sorted(codes, key=lambda c: (-len(c), c))) + ")"
-
-
 # IANA zone names as the machine's tz database knows them (the tzdata package stands in where the
 # operating system has none); the links PostgreSQL and Python keep for compatibility stay out.
 TIMEZONES = frozenset(z for z in zoneinfo.available_timezones() if z not in ("localtime", "Factory", "posixrules"))
@@ -72,6 +68,9 @@ class SemanticType:
     Attributes:
         name: the catalog's ``semantic_type`` value.
         pattern: regular expression a whole text value must match (PostgreSQL ``~`` and Python alike).
+        codes: the values a text value must be one of (PostgreSQL looks a constant list up by hash).
+        length: inclusive bounds of a text value's length, and ``starts`` the characters it may start
+            with: cheap tests that spare most values the regular expression.
         numeric: inclusive range a number must fall in (numeric columns).
         integral: the range applies to integer columns only.
         hints: name tokens that point to this type and break ties between types that fit.
@@ -81,6 +80,9 @@ class SemanticType:
 
     name: str
     pattern: str | None = None
+    codes: frozenset[str] | None = None
+    length: tuple[int, int] | None = None
+    starts: str | None = None
     numeric: tuple[float, float] | None = None
     integral: bool = False
     hints: tuple[str, ...] = ()
@@ -103,28 +105,28 @@ def _compiled(pattern: str) -> re.Pattern:
 
 
 TYPES: tuple[SemanticType, ...] = (
-    SemanticType("email", r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    SemanticType("email", r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", length=(6, 320),
                  hints=("email", "mail"), pii="email"),
     SemanticType("url", r"(?:[Hh][Tt][Tt][Pp][Ss]?|[Ff][Tt][Pp])://[A-Za-z0-9.-]+(?::[0-9]+)?(?:[/?#][^ ]*)?",
-                 hints=("url", "uri", "link", "website", "homepage", "href")),
+                 length=(8, 8192), starts="hHfF", hints=("url", "uri", "link", "website", "homepage", "href")),
     SemanticType("uuid", r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}",
-                 hints=("uuid", "guid")),
-    SemanticType("ipv4", rf"(?:{_OCTET}\.){{3}}{_OCTET}", hints=("ip", "ipv4", "addr"), pii="ip_address"),
+                 length=(36, 36), hints=("uuid", "guid")),
+    SemanticType("ipv4", rf"(?:{_OCTET}\.){{3}}{_OCTET}", length=(7, 15), starts="0123456789", hints=("ip", "ipv4", "addr"), pii="ip_address"),
     SemanticType("ipv6", rf"(?:{_HEX4}:){{7}}{_HEX4}|(?:(?:{_HEX4}:){{0,6}}{_HEX4})?::(?:(?:{_HEX4}:){{0,6}}{_HEX4})?",
-                 hints=("ip", "ipv6", "addr"), pii="ip_address"),
-    SemanticType("phone", r"(?=.{7,22}$)\+?\(?[0-9]{1,4}\)?(?:[ .-]?\(?[0-9]{2,4}\)?){2,5}",
-                 hints=("phone", "tel", "telephone", "mobile", "cell", "fax", "msisdn"), pii="phone"),
-    SemanticType("country_code", _alternation(COUNTRY_ALPHA2 | COUNTRY_ALPHA3),
+                 length=(2, 39), starts="0123456789abcdefABCDEF:", hints=("ip", "ipv6", "addr"), pii="ip_address"),
+    SemanticType("phone", r"\+?\(?[0-9]{1,4}\)?(?:[ .-]?\(?[0-9]{2,4}\)?){2,5}", length=(7, 22),
+                 starts="+(0123456789", hints=("phone", "tel", "telephone", "mobile", "cell", "fax", "msisdn"), pii="phone"),
+    SemanticType("country_code", codes=COUNTRY_ALPHA2 | COUNTRY_ALPHA3,
                  hints=("country", "nation", "iso", "cc")),
-    SemanticType("currency_code", _alternation(CURRENCY_CODES), hints=("currency", "ccy", "cur")),
+    SemanticType("currency_code", codes=CURRENCY_CODES, hints=("currency", "ccy", "cur")),
     SemanticType("postal_code", r"[0-9]{5}(?:-[0-9]{4})?|[0-9]{3,4}|[0-9]{3}-[0-9]{4}|[0-9]{2}-[0-9]{3}|[0-9]{6}"
                                 r"|[A-Z][0-9][A-Z] ?[0-9][A-Z][0-9]|[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}",
-                 numeric=(100, 999999), integral=True, hints=("zip", "zipcode", "postal", "postcode", "plz"),
+                 length=(3, 10), numeric=(100, 999999), integral=True, hints=("zip", "zipcode", "postal", "postcode", "plz"),
                  needs_hint=True),
     SemanticType("latitude", numeric=(-90, 90), hints=("lat", "latitude"), needs_hint=True),
     SemanticType("longitude", numeric=(-180, 180), hints=("lon", "lng", "long", "longitude"), needs_hint=True),
-    SemanticType("timezone", _alternation(TIMEZONES) if TIMEZONES else None, hints=("tz", "timezone", "zone")),
-    SemanticType("json", r"[ \t\r\n]*(?:\{.*\}|\[.*\])[ \t\r\n]*", hints=("json", "payload", "data")),
+    SemanticType("timezone", codes=TIMEZONES, hints=("tz", "timezone", "zone")),
+    SemanticType("json", r"(?:\{.*\}|\[.*\])", length=(2, 1 << 30), starts="{[", hints=("json", "payload", "data")),
 )
 _BY_NAME = {t.name: t for t in TYPES}
 _INTEGERS = ("smallint", "integer", "bigint")
@@ -134,7 +136,7 @@ _NUMBERS = (*_INTEGERS, "numeric", "real", "double precision")
 def applicable(kind: str) -> list[SemanticType]:
     """The types a column of PostgreSQL type ``kind`` is tested for, in order."""
     if kind == "text":
-        return [t for t in TYPES if t.pattern]
+        return [t for t in TYPES if t.pattern or t.codes]
     if kind in _NUMBERS:
         return [t for t in TYPES if t.numeric and (kind in _INTEGERS or not t.integral)]
     return []
@@ -144,6 +146,10 @@ def fits(semantic_type: str, value) -> bool:
     """Whether one value passes a type's test (the Python twin of the SQL the merge counts with)."""
     t = _BY_NAME[semantic_type]
     if isinstance(value, str):
+        if t.codes is not None:
+            return value in t.codes
+        if t.length and not t.length[0] <= len(value) <= t.length[1] or t.starts and value[:1] not in t.starts:
+            return False
         return bool(t.regex and t.regex.fullmatch(value))
     if t.numeric and isinstance(value, (int, float)) and not isinstance(value, bool):
         return t.numeric[0] <= value <= t.numeric[1] and (not t.integral or isinstance(value, int))
