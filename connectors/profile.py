@@ -12,9 +12,10 @@ Kept batch by batch inside the merge transaction, right after the column statist
   holding repeats, and the rest are checked exactly with ``count(DISTINCT)`` while the table has
   at most :data:`EXACT_ROWS` rows (beyond that the estimate stands: a column with fewer than
   :data:`UNIQUE_SLACK` of its values repeated can pass as unique);
-* sample values: the (at most) five distinct values with the smallest hashes, a bottom-k sample
-  that merges across batches; values an upsert removes leave the sample. Stored as found (for the
-  next merge) and masked (for everything that shows them).
+* sample values: the (at most) five distinct values with the smallest hashes — from the exact value
+  counts of low-cardinality columns, else a bottom-k sample that merges across batches, from which
+  values an upsert replaced leave. Stored as found (for the next merge) and masked (for everything
+  that shows them).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     incremental = {n: k for n, k in columns.items() if n not in fresh}
     whole = delta.added if delta.replaced_table else target
     counts = _count(cur, whole, fresh) if fresh else {}
-    samples = _sample(cur, whole, fresh)
     if incremental:
         added = _count(cur, delta.added, incremental)
         removed = _count(cur, delta.removed, incremental) if delta.removed is not None else {}
@@ -51,13 +51,19 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
             before = old[name][0]
             counts[name] = {t: before.get(t, 0) + added[name].get(t, 0) - removed.get(name, {}).get(t, 0)
                             for t in {*before, *added[name]}}
-        gone = _removed_values(cur, delta.removed, {n: (k, [v for _, v in old[n][1]]) for n, k in incremental.items()}) \
+    facts = _facts(cur, cat, dataset)
+    # Columns with exact value counts take their sample from those values; the others merge samples.
+    known = {n: list(facts[n]["top_values"]) for n in columns if n in facts and facts[n]["top_values"] is not None}
+    samples = _sample_of_values(cur, known)
+    samples.update(_sample(cur, whole, {n: k for n, k in fresh.items() if n not in known}))
+    merged = {n: k for n, k in incremental.items() if n not in known}
+    if merged:
+        gone = _removed_values(cur, delta.removed, {n: (k, [v for _, v in old[n][1]]) for n, k in merged.items()}) \
             if delta.removed is not None else {}
-        batch = _sample(cur, delta.added, incremental)
-        for name in incremental:
+        batch = _sample(cur, delta.added, merged)
+        for name in merged:
             kept = [hv for hv in old[name][1] if hv[1] not in gone.get(name, set())]
             samples[name] = _bottom(kept + batch.get(name, []))
-    facts = _facts(cur, cat, dataset)
     unique = _uniqueness(cur, target, delta.rows_after, facts, tuple(primary_key))
     rows = []
     for name, kind in columns.items():
@@ -119,18 +125,40 @@ def _value(column: str, kind: str) -> sql.Composable:
 
 
 def _sample(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
-    """Per column, the distinct values of ``relation`` with the smallest hashes (``(hash, value)``)."""
+    """Per column, the distinct values of ``relation`` with the smallest hashes (``(hash, value)``).
+
+    A top-N by hash (a heap, no sort of the whole relation) usually holds enough distinct values;
+    a column whose smallest hashes are all one value's is asked again with ``DISTINCT``.
+    """
+    out = _sample_query(cur, relation, columns, distinct=False)
+    again = {n: k for n, k in columns.items() if len(out.get(n, [])) < SAMPLE_SIZE}
+    out.update(_sample_query(cur, relation, again, distinct=True))
+    return out
+
+
+def _sample_query(cur, relation, columns: dict[str, str], distinct: bool) -> dict[str, list[tuple[int, str]]]:
     if not columns:
         return {}
     cur.execute(sql.SQL(" UNION ALL ").join(
-        sql.SQL("(SELECT {n}, h, v FROM (SELECT DISTINCT hashtextextended(v, 0) AS h, v FROM "
+        sql.SQL("(SELECT {n}, h, v FROM (SELECT {d} hashtextextended(v, 0) AS h, v FROM "
                 "(SELECT {v} AS v FROM {rel} rel) s WHERE v IS NOT NULL) d ORDER BY h, v LIMIT {k})").format(
-            n=sql.Literal(name), v=_value(name, kind), rel=relation, k=sql.Literal(SAMPLE_SIZE))
+            n=sql.Literal(name), d=sql.SQL("DISTINCT" if distinct else ""), v=_value(name, kind), rel=relation,
+            k=sql.Literal(SAMPLE_SIZE if distinct else 8 * SAMPLE_SIZE))
         for name, kind in columns.items()))
-    out: dict[str, list[tuple[int, str]]] = {}
+    found: dict[str, list[tuple[int, str]]] = {}
     for name, h, v in cur.fetchall():
-        out.setdefault(name, []).append((h, v))
-    return out
+        found.setdefault(name, []).append((h, v))
+    return {name: _bottom(values) for name, values in found.items()}
+
+
+def _sample_of_values(cur, values: dict[str, list[str]]) -> dict[str, list[tuple[int, str]]]:
+    """Bottom-k samples of known value sets (the value counts of low-cardinality columns)."""
+    texts = sorted({v[:SAMPLE_CHARS] for vs in values.values() for v in vs})
+    if not texts:
+        return {}
+    cur.execute("SELECT v, hashtextextended(v, 0) FROM unnest(%s::text[]) v", (texts,))
+    hashes = dict(cur.fetchall())
+    return {n: _bottom([(hashes[v[:SAMPLE_CHARS]], v[:SAMPLE_CHARS]) for v in vs]) for n, vs in values.items()}
 
 
 def _bottom(values: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -156,8 +184,8 @@ def _removed_values(cur, removed: sql.Composable, sampled: dict[str, tuple[str, 
 
 
 def _facts(cur, cat, dataset: str) -> dict[str, dict]:
-    cur.execute(sql.SQL("SELECT name, type, non_null_count, null_count, distinct_count, distinct_estimated "
-                        "FROM {}.columns WHERE dataset = %s").format(cat), (dataset,))
+    cur.execute(sql.SQL("SELECT name, type, non_null_count, null_count, distinct_count, distinct_estimated, "
+                        "top_values FROM {}.columns WHERE dataset = %s").format(cat), (dataset,))
     names = [d[0] for d in cur.description]
     return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
 
