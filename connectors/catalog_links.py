@@ -105,8 +105,10 @@ def _refresh(cur, cat: sql.Identifier, dataset: str) -> None:
     candidates = key_candidates(cur, datasets[dataset], columns.get(dataset, {}))
     cur.execute(sql.SQL("UPDATE {}.datasets SET key_candidates = %s WHERE name = %s").format(cat),
                 (json.dumps(candidates), dataset))
-    pairs = [(a, c, b, k) for a in datasets for c in columns.get(a, {}) for b in datasets for k in keys[b]
-             if (a == dataset or b == dataset) and (a, c) != (b, k)]
+    # The dataset's columns against every key, and every column against the dataset's keys.
+    pairs = [(dataset, c, b, k) for c in columns.get(dataset, {}) for b in datasets for k in keys[b]]
+    pairs += [(a, c, dataset, k) for a in datasets if a != dataset for c in columns.get(a, {}) for k in keys[dataset]]
+    pairs = [(a, c, b, k) for a, c, b, k in pairs if (a, c) != (b, k)]
     found = []
     sketches = _Sketches(cur, cat)
     for a, c, b, k in pairs:

@@ -145,6 +145,20 @@ def test_joins_follow_the_data_through_upserts_and_overwrites(db, make_settings,
     ident = next(c for c in doc["columns"] if c["name"] == "id")
     assert ident["unique"] is False
     assert set(ident["sample_values"]) <= {str(r[0]) for r in rows}
+    # The key is unique again: the orders' column is re-evaluated against it without loading orders.
+    path = tmp_path / "customers3.csv"
+    write_csv(path, ["id", "email", "name"], star.customers)
+    load(settings, "customers", path, batch_id=2)
+    assert found_joins(settings, ["orders"])[("orders", "customer_id", "customers", "id")] == 1.0
+    # Most orders move to unknown customers: containment falls below one half and the candidate goes.
+    rng = random.Random(1)
+    for row in star.orders:
+        row[1] = row[1] if rng.random() < 0.3 else 400 + row[1]
+    path = tmp_path / "orders3.csv"
+    write_csv(path, ["order_id", "customer_id", "region_code", "quantity", "store_code", "status"], star.orders)
+    load(settings, "orders", path, batch_id=2)
+    assert containment([r[1] for r in star.orders], [r[0] for r in star.customers]) < 0.5
+    assert ("orders", "customer_id", "customers", "id") not in found_joins(settings, ["orders"])
 
 
 def people(rng: random.Random, n: int) -> tuple[list[str], list[list]]:
