@@ -180,7 +180,7 @@ ALTER TABLE {cat}.columns
     ADD COLUMN IF NOT EXISTS semantic_type text,
     ADD COLUMN IF NOT EXISTS semantic_confidence double precision,
     ADD COLUMN IF NOT EXISTS pii text,
-    ADD COLUMN IF NOT EXISTS is_unique boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS is_unique boolean,
     ADD COLUMN IF NOT EXISTS sample_found jsonb,
     ADD COLUMN IF NOT EXISTS sample_values jsonb NOT NULL DEFAULT '[]',
     ADD COLUMN IF NOT EXISTS description text,
@@ -214,7 +214,7 @@ CREATE OR REPLACE VIEW {cat}.column_catalog AS
            CASE WHEN non_null_count > 0 AND value_sum IS NOT NULL
                 THEN (value_sum / non_null_count)::double precision END AS mean,
            CASE WHEN pii IS NULL THEN top_values END AS top_values, stats_updated_at,
-           semantic_type, semantic_confidence, pii, is_unique AS "unique", description, sample_values
+           semantic_type, semantic_confidence, pii, COALESCE(is_unique, false) AS "unique", description, sample_values
       FROM {cat}.columns;
 CREATE OR REPLACE VIEW {cat}.key_candidates AS
     SELECT d.name AS dataset, k.rank, ARRAY(SELECT jsonb_array_elements_text(k.cols)) AS columns

@@ -8,9 +8,10 @@ Kept batch by batch inside the merge transaction, right after the column statist
   counts they are added for added rows and subtracted for the rows an upsert replaced, and
   rebuilt from the table when the table was replaced or rewritten;
 * ``unique``: exact for columns with exact value counts (at most 50 distinct values) and for a
-  one-column primary key; for larger columns the HyperLogLog estimate rules out columns clearly
-  holding repeats, and the rest are checked exactly with ``count(DISTINCT)`` while the table has
-  at most :data:`EXACT_ROWS` rows (beyond that the estimate stands: a column with fewer than
+  one-column primary key; a column found repeating stays so while batches only append; for the
+  other large columns the HyperLogLog estimate rules out columns clearly holding repeats, and the
+  rest are checked exactly with ``count(DISTINCT)`` while the table has at most
+  :data:`EXACT_ROWS` rows (beyond that the estimate stands: a column with fewer than
   :data:`UNIQUE_SLACK` of its values repeated can pass as unique);
 * sample values: the (at most) five distinct values with the smallest hashes — from the exact value
   counts of low-cardinality columns, else a bottom-k sample that merges across batches, from which
@@ -64,14 +65,17 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         for name in merged:
             kept = [hv for hv in old[name][1] if hv[1] not in gone.get(name, set())]
             samples[name] = _bottom(kept + batch.get(name, []))
-    unique = _uniqueness(cur, target, delta.rows_after, facts, tuple(primary_key))
+    # Adding rows never removes a repeat: a column known to repeat keeps repeating unless replaced rows
+    # changed its values.
+    repeats = {n for n in incremental if old[n][2] is False} - _changed(cur, delta, incremental)
+    unique = _uniqueness(cur, target, delta.rows_after, facts, tuple(primary_key), repeats)
     rows = []
     for name, kind in columns.items():
         non_null = facts[name]["non_null_count"] if name in facts else 0
         semantic, confidence = semantics.classify(name, kind, counts.get(name), non_null)
         pii = semantics.pii_category(name, semantic, counts.get(name), non_null)
         sample = samples.get(name, [])
-        rows.append((name, json.dumps(counts.get(name, {})), semantic, confidence, pii, unique.get(name, False),
+        rows.append((name, json.dumps(counts.get(name, {})), semantic, confidence, pii, unique.get(name),
                      json.dumps(sample), json.dumps([semantics.mask(v, pii) for _, v in sample])))
     execute_values(cur, sql.SQL(
         "UPDATE {cat}.columns c SET semantic_counts = d.counts::jsonb, semantic_type = d.semantic, "
@@ -81,10 +85,11 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         rows, template="(%s, %s, %s, %s::double precision, %s, %s::boolean, %s, %s)")
 
 
-def _load(cur, cat, dataset: str) -> dict[str, tuple[dict | None, list]]:
-    cur.execute(sql.SQL("SELECT name, semantic_counts, sample_found FROM {}.columns WHERE dataset = %s").format(cat),
-                (dataset,))
-    return {name: (counts, [tuple(hv) for hv in found or []]) for name, counts, found in cur.fetchall()}
+def _load(cur, cat, dataset: str) -> dict[str, tuple[dict | None, list, bool | None]]:
+    cur.execute(sql.SQL("SELECT name, semantic_counts, sample_found, is_unique FROM {}.columns WHERE dataset = %s")
+                .format(cat), (dataset,))
+    return {name: (counts, [tuple(hv) for hv in found or []], unique)
+            for name, counts, found, unique in cur.fetchall()}
 
 
 def _test(column: str, kind: str, t: semantics.SemanticType) -> sql.Composable:
@@ -190,12 +195,34 @@ def _facts(cur, cat, dataset: str) -> dict[str, dict]:
     return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
 
 
-def _uniqueness(cur, target, rows: int, facts: dict[str, dict], primary_key: tuple) -> dict[str, bool]:
-    """Whether each column's non-null values never repeat (see the module docstring for how exact)."""
+def _changed(cur, delta: Delta, columns: dict[str, str]) -> set[str]:
+    """Columns in which some row an upsert replaced now holds another value (all, without a key)."""
+    if delta.removed is None:
+        return set()
+    names = [n for n in columns if n not in delta.key]
+    if not delta.key:
+        return set(names)
+    if not names:
+        return set()
+    cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
+        sql.SQL(", ").join(sql.SQL("coalesce(bool_or(r.{c} IS DISTINCT FROM a.{c}), false)").format(
+            c=sql.Identifier(n)) for n in names),
+        delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
+    return {n for n, changed in zip(names, cur.fetchone()) if changed}
+
+
+def _uniqueness(cur, target, rows: int, facts: dict[str, dict], primary_key: tuple,
+                repeats: set[str]) -> dict[str, bool | None]:
+    """Whether each column's non-null values never repeat (see the module docstring for how exact).
+
+    None for a column without values; ``repeats`` are columns known to hold repeated values.
+    """
     unique, verify = {}, []
     for name, f in facts.items():
         n = f["non_null_count"]
-        if not n or f["type"] in ("jsonb", "boolean"):
+        if not n:
+            unique[name] = None
+        elif f["type"] in ("jsonb", "boolean") or name in repeats:
             unique[name] = False
         elif primary_key == (name,):
             unique[name] = True

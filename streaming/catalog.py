@@ -77,7 +77,7 @@ def _column_doc(row: dict) -> dict:
     row["max"] = stats.json_bound(row.pop("max_value"), kind)
     row["mean"] = float(total / row["non_null_count"]) if total is not None and row["non_null_count"] else None
     row["top_values"] = stats.top(values)
-    row["unique"] = row.pop("is_unique")
+    row["unique"] = bool(row.pop("is_unique"))  # NULL: the column has no values yet
     if row["pii"] and row["top_values"]:
         row["top_values"] = [{**t, "value": semantics.mask(t["value"], row["pii"])} for t in row["top_values"]]
     return row
