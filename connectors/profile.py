@@ -3,10 +3,14 @@
 Kept batch by batch inside the merge transaction, right after the column statistics
 (:mod:`connectors.stats`), from the same work tables, so the cost follows the batch:
 
-* per column and semantic type, the number of values that pass the type's test
-  (:mod:`streaming.semantics`), counted in one SQL scan of the batch's rows; like the other
-  counts they are added for added rows and subtracted for the rows an upsert replaced, and
-  rebuilt from the table when the table was replaced or rewritten;
+* per column and semantic type, how many values pass the type's test (:mod:`streaming.semantics`)
+  out of how many were tested. Columns with exact value counts (at most 50 distinct values) are
+  counted from those, exactly, without a scan. Other columns are tested in one SQL scan of at most
+  :data:`TESTED_ROWS` rows of the batch — all of an ordinary batch, the first rows of a large one,
+  so that a million-row file costs what ten thousand rows do; like the other counts they are added
+  for added rows, subtracted for the rows an upsert replaced (tested the same way) and rebuilt
+  when the table was replaced or rewritten. ``semantic_confidence`` is the share of tested values
+  that fit;
 * ``unique``: exact for columns with exact value counts (at most 50 distinct values) and for a
   one-column primary key; a column found repeating stays so while batches only append; for the
   other large columns the HyperLogLog estimate rules out columns clearly holding repeats, and the
@@ -32,6 +36,8 @@ from streaming import semantics
 EXACT_ROWS = 200_000  # tables up to this size get exact checks (uniqueness, pairs, containment)
 UNIQUE_SLACK = 0.025  # about three standard errors of the distinct-count estimate
 SAMPLE_SIZE = 5
+TESTED_ROWS = 10_000  # rows of a batch whose values are tested for semantic types and sampled
+TESTED = "_tested"  # the key of the semantic counts that counts the values tested
 SAMPLE_CHARS = 200  # longer values are sampled by their first characters
 
 
@@ -44,21 +50,21 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     fresh = dict(columns) if rebuild else {n: k for n, k in columns.items() if old.get(n, (None,))[0] is None}
     incremental = {n: k for n, k in columns.items() if n not in fresh}
     whole = delta.added if delta.replaced_table else target
-    counts = _count(cur, whole, fresh) if fresh else {}
-    if incremental:
-        added = _count(cur, delta.added, incremental)
-        removed = _count(cur, delta.removed, incremental) if delta.removed is not None else {}
-        for name in incremental:
-            before = old[name][0]
-            counts[name] = {t: before.get(t, 0) + added[name].get(t, 0) - removed.get(name, {}).get(t, 0)
-                            for t in {*before, *added[name]}}
     facts = _facts(cur, cat, dataset)
-    # Columns with exact value counts take their sample from those values; the others merge samples.
-    known = {n: list(facts[n]["top_values"]) for n in columns if n in facts and facts[n]["top_values"] is not None}
-    samples = _sample_of_values(cur, known)
+    # Columns with exact value counts are profiled from those values, exactly and without a scan.
+    known = {n: facts[n]["top_values"] for n in columns if n in facts and facts[n]["top_values"] is not None}
+    counts = {n: counts_of_values(columns[n], values) for n, values in known.items()}
+    samples = _sample_of_values(cur, {n: list(values) for n, values in known.items()})
+    counts.update(_count(cur, whole, {n: k for n, k in fresh.items() if n not in known}))
     samples.update(_sample(cur, whole, {n: k for n, k in fresh.items() if n not in known}))
     merged = {n: k for n, k in incremental.items() if n not in known}
     if merged:
+        added = _count(cur, delta.added, merged)
+        removed = _count(cur, delta.removed, merged) if delta.removed is not None else {}
+        for name in merged:
+            before = old[name][0]
+            counts[name] = {t: max(0, before.get(t, 0) + added[name].get(t, 0) - removed.get(name, {}).get(t, 0))
+                            for t in {*before, *added[name]}}
         gone = _removed_values(cur, delta.removed, {n: (k, [v for _, v in old[n][1]]) for n, k in merged.items()}) \
             if delta.removed is not None else {}
         batch = _sample(cur, delta.added, merged)
@@ -71,9 +77,11 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     unique = _uniqueness(cur, target, delta.rows_after, facts, tuple(primary_key), repeats)
     rows = []
     for name, kind in columns.items():
-        non_null = facts[name]["non_null_count"] if name in facts else 0
-        semantic, confidence = semantics.classify(name, kind, counts.get(name), non_null)
-        pii = semantics.pii_category(name, semantic, counts.get(name), non_null)
+        tested = (counts.get(name) or {}).get(TESTED, 0)
+        if kind == "jsonb":
+            tested = facts[name]["non_null_count"] if name in facts else 0
+        semantic, confidence = semantics.classify(name, kind, counts.get(name), tested)
+        pii = semantics.pii_category(name, semantic, counts.get(name), tested)
         sample = samples.get(name, [])
         rows.append((name, json.dumps(counts.get(name, {})), semantic, confidence, pii, unique.get(name),
                      json.dumps(sample), json.dumps([semantics.mask(v, pii) for _, v in sample])))
@@ -110,15 +118,38 @@ def _test(column: str, kind: str, t: semantics.SemanticType) -> sql.Composable:
 
 
 def _count(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, dict[str, int]]:
-    """Per column, how many of ``relation``'s values pass each applicable semantic test, in one scan."""
+    """Per column, how many values were tested (``TESTED``) and how many passed each semantic test.
+
+    One scan of at most :data:`TESTED_ROWS` rows of ``relation``.
+    """
     tests = [(name, t) for name, kind in columns.items() for t in semantics.applicable(kind)]
     out: dict[str, dict[str, int]] = {name: {} for name in columns}
     if not tests:
         return out
-    exprs = [sql.SQL("count(*) FILTER (WHERE {})").format(_test(name, columns[name], t)) for name, t in tests]
-    cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(exprs), relation))
-    for (name, t), n in zip(tests, cur.fetchone()):
+    names = list(dict.fromkeys(name for name, _ in tests))
+    exprs = [sql.SQL("count({})").format(sql.Identifier(n)) for n in names]
+    exprs += [sql.SQL("count(*) FILTER (WHERE {})").format(_test(name, columns[name], t)) for name, t in tests]
+    cur.execute(sql.SQL("SELECT {} FROM (SELECT * FROM {} rel LIMIT {}) rel").format(
+        sql.SQL(", ").join(exprs), relation, sql.Literal(TESTED_ROWS)))
+    row = cur.fetchone()
+    for name, n in zip(names, row):
+        out[name][TESTED] = n
+    for (name, t), n in zip(tests, row[len(names):]):
         out[name][t.name] = n
+    return out
+
+
+def counts_of_values(kind: str, values: dict[str, int]) -> dict[str, int]:
+    """Semantic counts of a column from its exact value counts (value text → rows)."""
+    types = semantics.applicable(kind)
+    out = {TESTED: sum(values.values()), **{t.name: 0 for t in types}}
+    if not types:
+        return out
+    for text, n in values.items():
+        value = text if kind == "text" else (int(text) if kind in ("smallint", "integer", "bigint") else float(text))
+        for t in types:
+            if semantics.fits(t.name, value):
+                out[t.name] += n
     return out
 
 
@@ -146,9 +177,9 @@ def _sample_query(cur, relation, columns: dict[str, str], distinct: bool) -> dic
         return {}
     cur.execute(sql.SQL(" UNION ALL ").join(
         sql.SQL("(SELECT {n}, h, v FROM (SELECT {d} hashtextextended(v, 0) AS h, v FROM "
-                "(SELECT {v} AS v FROM {rel} rel) s WHERE v IS NOT NULL) d ORDER BY h, v LIMIT {k})").format(
+                "(SELECT {v} AS v FROM {rel} rel LIMIT {rows}) s WHERE v IS NOT NULL) d ORDER BY h, v LIMIT {k})").format(
             n=sql.Literal(name), d=sql.SQL("DISTINCT" if distinct else ""), v=_value(name, kind), rel=relation,
-            k=sql.Literal(SAMPLE_SIZE if distinct else 8 * SAMPLE_SIZE))
+            rows=sql.Literal(TESTED_ROWS), k=sql.Literal(SAMPLE_SIZE if distinct else 8 * SAMPLE_SIZE))
         for name, kind in columns.items()))
     found: dict[str, list[tuple[int, str]]] = {}
     for name, h, v in cur.fetchall():
