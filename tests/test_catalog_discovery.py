@@ -324,3 +324,21 @@ def test_column_descriptions_take_source_names(make_settings):
                                          "column_descriptions": {"owner__login": "Who owns it"}}])
     assert settings.dataset("orders").column_descriptions == {"amount_usd": "Total"}
     assert settings.endpoint("items").description == "Items"
+
+
+def test_large_batches_are_typed_from_a_bounded_share_of_their_rows(db, make_settings, tmp_path):
+    settings = make_settings(datasets={"accounts": {"mode": "upsert", "primary_key": ["id"]}})
+    rows = 15_000
+    path = tmp_path / "accounts.csv"
+    write_csv(path, ["id", "login"], [[i, f"a{i}@example.net"] for i in range(rows)])
+    load(settings, "accounts", path)
+    tested = db.scalar("SELECT (semantic_counts->>'_tested')::int FROM {c}.columns WHERE name = 'login'")
+    assert tested == profile.TESTED_ROWS < rows
+    login = next(c for c in catalog.show_dataset(settings.dsn, settings, "accounts")["columns"] if c["name"] == "login")
+    assert (login["semantic_type"], login["semantic_confidence"], login["pii"]) == ("email", 1.0, "email")
+    # Every row replaced by a handle: the replaced rows' tests are subtracted, the new ones added.
+    write_csv(path, ["id", "login"], [[i, f"handle_{i}"] for i in range(rows)])
+    load(settings, "accounts", path, batch_id=1)
+    login = next(c for c in catalog.show_dataset(settings.dsn, settings, "accounts")["columns"] if c["name"] == "login")
+    assert login["semantic_type"] is None and login["pii"] is None
+    assert all(v.startswith("handle_") for v in login["sample_values"])
