@@ -13,7 +13,7 @@ import dataclasses
 import re
 import zoneinfo
 
-__all__ = ["SemanticType", "TYPES", "THRESHOLD", "applicable", "fits", "classify", "pii_category", "mask"]
+__all__ = ["SemanticType", "TYPES", "THRESHOLD", "applicable", "fits", "tokens", "classify", "pii_category", "mask"]
 
 THRESHOLD = 0.9  # share of non-null values that must fit before a column gets a semantic type
 PII_SHARE = 0.3  # share of values that look like personal data before a column counts as holding it
