@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import psycopg2
 from psycopg2 import sql
 
-from connectors import stats
+from connectors import profile, stats
 from connectors.csvfile import RESCUED, FileReport
 from streaming.config import PG_TYPES
 from streaming.errors import BatchDataError, SchemaError, SinkError, TransientSinkError
@@ -184,6 +184,37 @@ CREATE TABLE IF NOT EXISTS {cat}.column_hll (
 COMMENT ON TABLE {cat}.column_hll IS
     'HyperLogLog sketch per column: 2^14 one-byte registers, each the highest rank (leading zeros + 1 of '
     'the 50 hash bits left after the 14 that pick the register) of the values hashed into it';
+ALTER TABLE {cat}.datasets
+    ADD COLUMN IF NOT EXISTS description text,
+    ADD COLUMN IF NOT EXISTS description_config text,
+    ADD COLUMN IF NOT EXISTS key_candidates jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE {cat}.columns
+    ADD COLUMN IF NOT EXISTS semantic_counts jsonb,
+    ADD COLUMN IF NOT EXISTS semantic_type text,
+    ADD COLUMN IF NOT EXISTS semantic_confidence double precision,
+    ADD COLUMN IF NOT EXISTS pii text,
+    ADD COLUMN IF NOT EXISTS is_unique boolean,
+    ADD COLUMN IF NOT EXISTS sample_found jsonb,
+    ADD COLUMN IF NOT EXISTS sample_values jsonb NOT NULL DEFAULT '[]',
+    ADD COLUMN IF NOT EXISTS description text,
+    ADD COLUMN IF NOT EXISTS description_config text;
+COMMENT ON COLUMN {cat}.columns.semantic_counts IS 'semantic type -> non-null values that pass its test';
+COMMENT ON COLUMN {cat}.columns.sample_found IS 'bottom-5 sample as [hash, value] pairs, unmasked; shown only masked';
+COMMENT ON COLUMN {cat}.columns.description_config IS 'the configured description last applied';
+CREATE TABLE IF NOT EXISTS {cat}.column_links (
+    dataset text NOT NULL,
+    column_name text NOT NULL,
+    ref_dataset text NOT NULL,
+    ref_column text NOT NULL,
+    containment double precision NOT NULL,
+    method text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dataset, column_name, ref_dataset, ref_column)
+);
+CREATE INDEX IF NOT EXISTS column_links_ref_idx ON {cat}.column_links (ref_dataset);
+COMMENT ON TABLE {cat}.column_links IS
+    'Join candidates: dataset.column_name holds values of the key ref_dataset.ref_column; containment is the '
+    'share of its distinct values found there, exact or from HyperLogLog sketches (method)';
 CREATE OR REPLACE VIEW {cat}.dataset_catalog AS
     SELECT name AS dataset, source, table_schema || '.' || table_name AS table_name, mode, primary_key,
            created_at, last_loaded_at, schema_version, row_count, quarantined_rows
@@ -195,8 +226,16 @@ CREATE OR REPLACE VIEW {cat}.column_catalog AS
            min_value, max_value,
            CASE WHEN non_null_count > 0 AND value_sum IS NOT NULL
                 THEN (value_sum / non_null_count)::double precision END AS mean,
-           top_values, stats_updated_at
+           CASE WHEN pii IS NULL THEN top_values END AS top_values, stats_updated_at,
+           semantic_type, semantic_confidence, pii, COALESCE(is_unique, false) AS "unique", description, sample_values
       FROM {cat}.columns;
+CREATE OR REPLACE VIEW {cat}.key_candidates AS
+    SELECT d.name AS dataset, k.rank, ARRAY(SELECT jsonb_array_elements_text(k.cols)) AS columns
+      FROM {cat}.datasets d, jsonb_array_elements(d.key_candidates) WITH ORDINALITY k(cols, rank);
+CREATE OR REPLACE VIEW {cat}.join_candidates AS
+    SELECT dataset, column_name, ref_dataset AS references_dataset, ref_column AS references_column, containment,
+           method, updated_at
+      FROM {cat}.column_links;
 CREATE OR REPLACE VIEW {cat}.load_history AS
     SELECT load_id, dataset, stream, batch_id, files, rows_in, rows_loaded, rows_quarantined, duplicates_removed,
            files_rejected, started_at, finished_at, finished_at - started_at AS duration, status, error
@@ -205,7 +244,7 @@ CREATE OR REPLACE VIEW {cat}.schema_history AS
     SELECT dataset, version, changed_at, changes, cause, load_id FROM {cat}.schema_versions;
 COMMENT ON TABLE {cat}.datasets IS {version};
 """
-CATALOG_VERSION = "dataops catalog 3"
+CATALOG_VERSION = "dataops catalog 4"
 
 
 def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
@@ -256,6 +295,8 @@ class MergePlan:
     # ``owner__login``) adds no column.
     json_records: bool = False
     on_phase: object = None  # called with "catalog" when the rows are in and the statistics begin (progress)
+    description: str | None = None  # configured descriptions (datasets.<name>.description, column_descriptions)
+    column_descriptions: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -357,13 +398,15 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         if plan.on_phase is not None:
             plan.on_phase("catalog")
         stats.apply(cur, cat, plan.dataset, target, columns, delta)
+        profile.apply(cur, cat, plan.dataset, target, columns, delta, plan.primary_key)
         stats_stale = False
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(*batch_tables(plan, load_id)))
     elif changes:
         # New columns are null in every existing row; widened columns are recomputed.
-        stats.apply(cur, cat, plan.dataset, target, columns,
-                    stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows,
-                                widened=widened, recompute=stats_stale))
+        delta = stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows,
+                            widened=widened, recompute=stats_stale)
+        stats.apply(cur, cat, plan.dataset, target, columns, delta)
+        profile.apply(cur, cat, plan.dataset, target, columns, delta, plan.primary_key)
         stats_stale = False
     for r in staged:
         if r.quarantined_rows:
@@ -393,6 +436,7 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         "WHERE load_id = %s").format(cat),
         (json.dumps(result.files), result.rows_in, loaded, result.quarantined, result.duplicates,
          sum(1 for f in result.files if f["status"] == "rejected"), load_id))
+    profile.apply_descriptions(cur, cat, plan.dataset, plan.description, plan.column_descriptions)
     drop_stage_tables(cur, plan.stage_schema, plan.reports)
     return result
 
@@ -718,8 +762,9 @@ def refresh_catalog(dsn: str, catalog_schema: str, dataset: str) -> dict:
                     "INSERT INTO {}.columns (dataset, name, source_name, type, nullable, ordinal) "
                     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dataset, name) DO UPDATE SET type = EXCLUDED.type, "
                     "ordinal = EXCLUDED.ordinal").format(cat), (dataset, name, name, kind, name not in key, ordinal))
-            stats.apply(cur, cat, dataset, target, columns,
-                        stats.Delta(added=target, rows_after=rows, replaced_table=True))
+            delta = stats.Delta(added=target, rows_after=rows, replaced_table=True)
+            stats.apply(cur, cat, dataset, target, columns, delta)
+            profile.apply(cur, cat, dataset, target, columns, delta, tuple(key))
             cur.execute(sql.SQL("UPDATE {}.datasets SET row_count = %s, stats_stale = false WHERE name = %s").format(cat),
                         (rows, dataset))
             return {"dataset": dataset, "row_count": rows, "columns": len(columns)}

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from connectors import postgres
+from connectors import catalog_links, postgres
 from connectors.csvfile import FileReport, FileTask, plan_parts, run_file_task
 from connectors.rest.client import mask_url
 from connectors.rest.records import run_records_task
@@ -230,7 +230,8 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
         quarantine_rejected=not files, one_off=one_off, json_records=not files,
-        on_phase=(lambda phase: ctx.progress(phase, None)) if ctx.progress is not None else None)
+        on_phase=(lambda phase: ctx.progress(phase, None)) if ctx.progress is not None else None,
+        description=cfg.description, column_descriptions=dict(cfg.column_descriptions))
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
@@ -252,6 +253,8 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
     except BaseException:
         _drop_reports(ctx, plan.reports)
         raise
+    if not result.replayed:
+        _find_links(ctx, dataset)
     seconds = time.monotonic() - started
     # Per file, not per part: a large file parsed in parts is one file here.
     rejected = sum(1 for f in result.files if f["status"] == "rejected")
@@ -260,6 +263,16 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, options: dict, stream: str,
              "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, files, result.rows_in,
              result.loaded, result.quarantined, result.duplicates, rejected, seconds)
     return result
+
+
+def _find_links(ctx: LoadContext, dataset: str) -> None:
+    """Re-evaluate the dataset's key and join candidates; derived data, so a failure only logs."""
+    try:
+        catalog_links.refresh(ctx.dsn, ctx.settings.postgres.catalog_schema, dataset)
+    except SinkError as exc:
+        log.warning("%s; they are re-evaluated with the next batch", exc)
+    except Exception:  # the batch is committed: nothing derived from it may fail it now
+        log.exception("dataset %s: finding key and join candidates failed; re-evaluated with the next batch", dataset)
 
 
 def stage_token() -> str:

@@ -80,7 +80,26 @@ def _parser() -> argparse.ArgumentParser:
                                      help="recompute a dataset's counts and column statistics from its table")
     refresh.add_argument("dataset")
     refresh.set_defaults(func=cmd_catalog_refresh)
+    _discovery_commands(catalog_sub, config)
     return parser
+
+
+def _discovery_commands(catalog_sub, config) -> None:
+    search = catalog_sub.add_parser("search", parents=[config],
+                                    help="datasets and columns whose names, descriptions, types or values match")
+    search.add_argument("text")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_catalog_search)
+    context = catalog_sub.add_parser("context", parents=[config],
+                                     help="a compact, prompt-ready description of datasets (all when none named)")
+    context.add_argument("datasets", nargs="*", metavar="DATASET")
+    context.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    context.set_defaults(func=cmd_catalog_context)
+    describe = catalog_sub.add_parser("describe", parents=[config], help="set a dataset's or column's description")
+    describe.add_argument("dataset")
+    describe.add_argument("--column", metavar="COL")
+    describe.add_argument("text", help="the description; empty text clears it")
+    describe.set_defaults(func=cmd_catalog_describe)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -235,7 +254,9 @@ def cmd_catalog_show(args, settings) -> int:
 # print every field they have.
 SHOW_COLUMNS = {
     "columns": ["name", "source_name", "type", "nullable", "null_count", "distinct_count", "min", "max", "mean"],
+    "meaning": ["column", "semantic_type", "confidence", "pii", "unique", "sample_values", "description"],
     "top_values": ["column", "top_values"],  # the most frequent values, apart: the widest text of all
+    "join_candidates": ["column", "references", "containment"],
     "recent_loads": ["load_id", "started_at", "seconds", "rows_in", "rows_loaded", "rows_quarantined",
                      "duplicates_removed", "files_rejected", "status"],
 }
@@ -247,8 +268,16 @@ def _show_text(doc: dict) -> str:
 
     parts = dict(doc)
     parts["columns"] = [_column_row(c) for c in doc.get("columns") or []]
+    parts["meaning"] = [{"column": c["name"], "semantic_type": c.get("semantic_type"),
+                         "confidence": c.get("semantic_confidence"), "pii": c.get("pii"), "unique": c.get("unique"),
+                         "sample_values": ", ".join(map(str, c.get("sample_values") or []))[:200],
+                         "description": c.get("description")} for c in doc.get("columns") or []]
     parts["top_values"] = [{"column": c["name"], "top_values": c["top_values"]} for c in parts["columns"]
                            if c["top_values"]]
+    parts["join_candidates"] = [{"column": j["column"], "containment": j["containment"],
+                                 "references": f"{j['references']['dataset']}.{j['references']['column']}"}
+                                for j in doc.get("join_candidates") or []]
+    parts["key_candidates"] = "; ".join(", ".join(k) for k in doc.get("key_candidates") or []) or None
     parts["recent_loads"] = [{**r, "seconds": round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
                               if r.get("finished_at") and r.get("started_at") else None}
                              for r in doc.get("recent_loads") or []]
@@ -272,6 +301,39 @@ def cmd_catalog_refresh(args, settings) -> int:
     with _database(settings) as dsn:
         summary = catalog.refresh_dataset(dsn, settings, args.dataset)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_catalog_search(args, settings) -> int:
+    from streaming import catalog, discovery
+
+    with _database(settings) as dsn:
+        items = discovery.search(dsn, settings, args.text)
+    if args.json:
+        print(json.dumps([{k: i[k] for k in ("dataset", "column", "matched", "score")} for i in items], indent=2))
+    else:
+        print(catalog.format_table([{**i, "text": (i["text"] or "")[:60]} for i in items],
+                                   ["score", "dataset", "column", "matched", "text"]))
+    return 0
+
+
+def cmd_catalog_context(args, settings) -> int:
+    from streaming import discovery
+
+    with _database(settings) as dsn:
+        docs = discovery.documents(dsn, settings, args.datasets)
+    if args.format == "json":
+        print(json.dumps(discovery.context_json(docs), default=str, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(discovery.context_markdown(docs))
+    return 0
+
+
+def cmd_catalog_describe(args, settings) -> int:
+    from streaming import discovery
+
+    with _database(settings) as dsn:
+        print(json.dumps(discovery.describe(dsn, settings, args.dataset, args.column, args.text)))
     return 0
 
 

@@ -183,6 +183,14 @@ class LoadOptions(_Section):
     partition_by: str | None = Field(None, description="date/timestamp column; monthly range partitions")
     columns: dict[str, str] = Field(default_factory=dict, description="column -> PostgreSQL type, overrides inference")
     on_schema_change: Literal["evolve", "rescue", "fail"] = "evolve"
+    description: str | None = Field(None, description="what the dataset holds, for the catalog")
+    column_descriptions: dict[str, str] = Field(default_factory=dict, description="column -> what it holds")
+
+    @field_validator("column_descriptions")
+    @classmethod
+    def _described_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        # Keys may be written as in the source (``Amount (USD)``): the catalog knows the normalized name.
+        return {normalize_identifier(k): text for k, text in v.items()}
 
     @field_validator("indexes", mode="before")
     @classmethod
