@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 
 from streaming.errors import FileRejected
-from streaming.naming import normalize_columns
+from streaming.naming import keep_table_names, normalize_columns, normalize_identifier
 from connectors.staging import copy_to_stage, run_stage_task
 from streaming.rowstage import (CHUNK_ROWS, ByteSource, RowStage, StageReport, StageTask, mismatch_report)
 
@@ -365,7 +365,9 @@ class _ParsedFile(RowStage):
         self.base = self.prev_line = task.first_line - 1
         header = list(task.header) if task.header is not None else self._header()
         source_names = [h.strip() for h in header]
-        self.set_columns(source_names, normalize_columns(source_names))
+        self.set_columns(source_names, keep_table_names(normalize_columns(source_names),
+                                                        [normalize_identifier(h, transliterate=False)
+                                                         for h in source_names], task.table_types))
         missing = [k for k in task.primary_key if k not in self.columns]
         if missing:
             raise FileRejected("missing_key", f"{task.name}: primary key column(s) {', '.join(missing)} missing "

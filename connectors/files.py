@@ -60,15 +60,16 @@ def file_batch(ctx: LoadContext, files: list[LandedFile], config, source: str, *
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,
-               config=None, source: str | None = None) -> postgres.MergeResult:
+               config=None, source: str | None = None, one_off: bool = False) -> postgres.MergeResult:
     """Load ``files`` into ``dataset`` as batch ``batch_id`` of ``stream``, exactly once (driver).
 
     ``ingest`` and tests load files this way; the daemon goes through the landing source.
+    ``one_off`` (``dataops ingest``): the catalog keeps an existing dataset's mode, key and source.
     """
     cfg = config or ctx.settings.dataset(dataset)
     folder = Path(ctx.settings.landing.path).resolve() / dataset
     batch = file_batch(ctx, files, cfg, source or f"landing folder {folder}")
-    return load_batch(ctx, Dataset(dataset, normalize_dataset_name(dataset), cfg), batch, stream, batch_id)
+    return load_batch(ctx, Dataset(dataset, normalize_dataset_name(dataset), cfg), batch, stream, batch_id, one_off)
 
 
 def _plan_tasks(ctx: LoadContext, template: StageTask, files: list[LandedFile], token: str,
@@ -136,6 +137,9 @@ def _reject_whole_files(ctx: LoadContext, reports: list[StageReport]) -> list[St
 
 def _spark_job(ctx: LoadContext, tasks: list[StageTask]) -> list[StageReport]:
     sc = ctx.spark.sparkContext
-    sc.setJobDescription(f"dataops: stage {len(tasks)} part(s) of {tasks[0].dataset}")
-    # One Spark task per file part; the job returns one small report per part.
-    return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
+    group = ctx.in_flight.job_group(ctx.spark, f"dataops: stage {len(tasks)} part(s) of {tasks[0].dataset}")
+    try:
+        # One Spark task per file part; the job returns one small report per part.
+        return sc.parallelize(tasks, len(tasks)).map(run_file_task).collect()  # driver-ok: reports, not rows
+    finally:
+        ctx.in_flight.end_job_group(group)

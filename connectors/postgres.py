@@ -12,10 +12,9 @@ import logging
 from collections.abc import Sequence
 
 import psycopg2
-import psycopg2.errors
 from psycopg2 import sql
 
-from connectors import stats
+from connectors import profile, stats
 from streaming.rowstage import RESCUED, StageReport
 from streaming.config import PG_TYPES
 from streaming.errors import BatchDataError, SchemaError, SinkError, TransientSinkError
@@ -24,13 +23,14 @@ from streaming.schema import SAFE_WIDENING, join, pg_format
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (
-    psycopg2.OperationalError,
-    psycopg2.InterfaceError,
-    psycopg2.errors.SerializationFailure,
-    psycopg2.errors.DeadlockDetected,
-    psycopg2.errors.LockNotAvailable,
-)
+# SQLSTATE classes and codes of failures that heal by themselves: a lost connection (08), a server
+# starting, shutting down or restarted (57P), resources running out (53: disk, memory, connections),
+# conflicts with concurrent work (40001, 40P01, 55P03) and a cancelled statement (57014: a
+# statement_timeout, or the daemon's own cancel at shutdown). Everything else with a SQLSTATE --
+# program limits (54), data (22), integrity (23), syntax and undefined objects (42) -- is
+# PostgreSQL refusing this batch, and retrying it cannot help.
+_TRANSIENT_CLASSES = ("08", "53", "57P")
+_TRANSIENT_CODES = frozenset({"40001", "40P01", "55P03", "57014"})
 _PG_TYPE_NAMES = {
     "timestamp without time zone": "timestamp",
     "timestamp with time zone": "timestamptz",
@@ -41,17 +41,30 @@ _PG_TYPE_NAMES = {
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the same work later can succeed (server gone, deadlock, serialization)."""
-    return isinstance(exc, _TRANSIENT)
+    """Whether retrying the same work later can succeed, judged by the error's SQLSTATE.
+
+    Errors without a SQLSTATE are connection-level (the server closed the connection, cannot
+    connect, the connection is already closed): transient too.
+    """
+    if not isinstance(exc, psycopg2.Error):
+        return False
+    code = exc.pgcode
+    if not code:
+        return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+    return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
 
 
 def classify_error(exc: BaseException, what: str) -> Exception:
-    """Map a psycopg2 error into the product's hierarchy, once, with a message naming ``what``."""
+    """Map a psycopg2 error into the product's hierarchy, once, with a message naming ``what``.
+
+    Transient errors become :class:`TransientSinkError` (retried); every other PostgreSQL error is a
+    refusal of the batch, :class:`BatchDataError`, whose files are rejected with the reason.
+    """
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if is_transient(exc):
         return TransientSinkError(f"{what}: PostgreSQL unavailable ({detail}); will retry")
-    if isinstance(exc, (psycopg2.DataError, psycopg2.IntegrityError)):
-        return BatchDataError(f"{what}: PostgreSQL refused the data: {detail}")
+    if isinstance(exc, psycopg2.Error) and exc.pgcode:
+        return BatchDataError(f"{what}: refused by PostgreSQL ({exc.pgcode}): {detail}")
     return SinkError(f"{what}: {detail}")
 
 
@@ -171,6 +184,37 @@ CREATE TABLE IF NOT EXISTS {cat}.column_hll (
 COMMENT ON TABLE {cat}.column_hll IS
     'HyperLogLog sketch per column: 2^14 one-byte registers, each the highest rank (leading zeros + 1 of '
     'the 50 hash bits left after the 14 that pick the register) of the values hashed into it';
+ALTER TABLE {cat}.datasets
+    ADD COLUMN IF NOT EXISTS description text,
+    ADD COLUMN IF NOT EXISTS description_config text,
+    ADD COLUMN IF NOT EXISTS key_candidates jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE {cat}.columns
+    ADD COLUMN IF NOT EXISTS semantic_counts jsonb,
+    ADD COLUMN IF NOT EXISTS semantic_type text,
+    ADD COLUMN IF NOT EXISTS semantic_confidence double precision,
+    ADD COLUMN IF NOT EXISTS pii text,
+    ADD COLUMN IF NOT EXISTS is_unique boolean,
+    ADD COLUMN IF NOT EXISTS sample_found jsonb,
+    ADD COLUMN IF NOT EXISTS sample_values jsonb NOT NULL DEFAULT '[]',
+    ADD COLUMN IF NOT EXISTS description text,
+    ADD COLUMN IF NOT EXISTS description_config text;
+COMMENT ON COLUMN {cat}.columns.semantic_counts IS 'semantic type -> non-null values that pass its test';
+COMMENT ON COLUMN {cat}.columns.sample_found IS 'bottom-5 sample as [hash, value] pairs, unmasked; shown only masked';
+COMMENT ON COLUMN {cat}.columns.description_config IS 'the configured description last applied';
+CREATE TABLE IF NOT EXISTS {cat}.column_links (
+    dataset text NOT NULL,
+    column_name text NOT NULL,
+    ref_dataset text NOT NULL,
+    ref_column text NOT NULL,
+    containment double precision NOT NULL,
+    method text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (dataset, column_name, ref_dataset, ref_column)
+);
+CREATE INDEX IF NOT EXISTS column_links_ref_idx ON {cat}.column_links (ref_dataset);
+COMMENT ON TABLE {cat}.column_links IS
+    'Join candidates: dataset.column_name holds values of the key ref_dataset.ref_column; containment is the '
+    'share of its distinct values found there, exact or from HyperLogLog sketches (method)';
 CREATE OR REPLACE VIEW {cat}.dataset_catalog AS
     SELECT name AS dataset, source, table_schema || '.' || table_name AS table_name, mode, primary_key,
            created_at, last_loaded_at, schema_version, row_count, quarantined_rows
@@ -182,8 +226,16 @@ CREATE OR REPLACE VIEW {cat}.column_catalog AS
            min_value, max_value,
            CASE WHEN non_null_count > 0 AND value_sum IS NOT NULL
                 THEN (value_sum / non_null_count)::double precision END AS mean,
-           top_values, stats_updated_at
+           CASE WHEN pii IS NULL THEN top_values END AS top_values, stats_updated_at,
+           semantic_type, semantic_confidence, pii, COALESCE(is_unique, false) AS "unique", description, sample_values
       FROM {cat}.columns;
+CREATE OR REPLACE VIEW {cat}.key_candidates AS
+    SELECT d.name AS dataset, k.rank, ARRAY(SELECT jsonb_array_elements_text(k.cols)) AS columns
+      FROM {cat}.datasets d, jsonb_array_elements(d.key_candidates) WITH ORDINALITY k(cols, rank);
+CREATE OR REPLACE VIEW {cat}.join_candidates AS
+    SELECT dataset, column_name, ref_dataset AS references_dataset, ref_column AS references_column, containment,
+           method, updated_at
+      FROM {cat}.column_links;
 CREATE OR REPLACE VIEW {cat}.load_history AS
     SELECT load_id, dataset, stream, batch_id, files, rows_in, rows_loaded, rows_quarantined, duplicates_removed,
            files_rejected, started_at, finished_at, finished_at - started_at AS duration, status, error
@@ -192,7 +244,7 @@ CREATE OR REPLACE VIEW {cat}.schema_history AS
     SELECT dataset, version, changed_at, changes, cause, load_id FROM {cat}.schema_versions;
 COMMENT ON TABLE {cat}.datasets IS {version};
 """
-CATALOG_VERSION = "dataops catalog 3"
+CATALOG_VERSION = "dataops catalog 4"
 
 
 def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
@@ -239,6 +291,15 @@ class MergePlan:
     # Rejected inputs that stay where they are (objects in a bucket): each gets a quarantine row
     # naming the input and the reason, besides its entry in the load history.
     record_rejections: bool = False
+    # A one-off load (`dataops ingest`, maybe with another mode): an existing dataset's catalog row
+    # keeps the mode, key and source the daemon loads it with.
+    one_off: bool = False
+    # Endpoint records: a field that is null wherever it is not an object (``owner`` beside
+    # ``owner__login``) adds no column.
+    json_records: bool = False
+    on_phase: object = None  # called with "catalog" when the rows are in and the statistics begin (progress)
+    description: str | None = None  # configured descriptions (datasets.<name>.description, column_descriptions)
+    column_descriptions: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -266,15 +327,29 @@ def previous_load(cur, catalog_schema: str, stream: str, batch_id: int) -> Merge
                        quarantined=row[4], duplicates=row[5])
 
 
-def merge(dsn: str, plan: MergePlan) -> MergeResult:
-    """Commit a staged batch: DDL, rows, quarantine, load history and ledger in one transaction."""
-    conn = connect(dsn)
+def merge(dsn: str, plan: MergePlan, sessions=None) -> MergeResult:
+    """Commit a staged batch: DDL, rows, quarantine, load history and ledger in one transaction.
+
+    ``sessions`` (``add_backend(pid)`` / ``remove_backend(pid)``) learns the transaction's backend
+    while it runs, so that a shutdown can terminate it.
+    """
+    try:
+        conn = connect(dsn)
+    except psycopg2.Error as exc:
+        raise classify_error(exc, f"dataset {plan.dataset}: loading batch {plan.batch_id}") from exc
+    pid = conn.get_backend_pid()
+    if sessions is not None:
+        sessions.add_backend(pid)
     try:
         with conn, conn.cursor() as cur:
             return _merge(cur, plan)
     except psycopg2.Error as exc:
         raise classify_error(exc, f"dataset {plan.dataset}: loading batch {plan.batch_id}") from exc
+    except SchemaError as exc:  # the batch's columns cannot make the table (e.g. a text partition key)
+        raise BatchDataError(f"dataset {plan.dataset}: loading batch {plan.batch_id}: {exc}") from exc
     finally:
+        if sessions is not None:
+            sessions.remove_backend(pid)
         conn.close()
 
 
@@ -294,10 +369,11 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         return previous
     load_id = row[0]
     # Locks the dataset's catalog row: loads of one dataset (daemon, `dataops ingest`) serialize here.
+    update = ("name = EXCLUDED.name" if plan.one_off else
+              "mode = EXCLUDED.mode, primary_key = EXCLUDED.primary_key, source = EXCLUDED.source")
     cur.execute(sql.SQL(
         "INSERT INTO {}.datasets (name, source, table_schema, table_name, mode, primary_key) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET mode = EXCLUDED.mode, "
-        "primary_key = EXCLUDED.primary_key, source = EXCLUDED.source "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET " + update + " "
         "RETURNING schema_version, row_count, stats_stale").format(cat),
         (plan.dataset, plan.source, plan.table_schema, plan.table, plan.mode, list(plan.primary_key)))
     schema_version, prior_rows, stats_stale = cur.fetchone()
@@ -322,14 +398,18 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows,
                                          load_id)
         delta.widened, delta.recompute = widened, stats_stale
+        if plan.on_phase is not None:
+            plan.on_phase("catalog")
         stats.apply(cur, cat, plan.dataset, target, columns, delta)
+        profile.apply(cur, cat, plan.dataset, target, columns, delta, plan.primary_key)
         stats_stale = False
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(*batch_tables(plan, load_id)))
     elif changes:
         # New columns are null in every existing row; widened columns are recomputed.
-        stats.apply(cur, cat, plan.dataset, target, columns,
-                    stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows,
-                                widened=widened, recompute=stats_stale))
+        delta = stats.Delta(added=sql.SQL("(SELECT {} LIMIT 0)").format(_null_row(columns)), rows_after=prior_rows,
+                            widened=widened, recompute=stats_stale)
+        stats.apply(cur, cat, plan.dataset, target, columns, delta)
+        profile.apply(cur, cat, plan.dataset, target, columns, delta, plan.primary_key)
         stats_stale = False
     for r in staged:
         if r.quarantined_rows:
@@ -364,6 +444,7 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
         "WHERE load_id = %s").format(cat),
         (json.dumps(result.files), result.rows_in, loaded, result.quarantined, result.duplicates,
          sum(1 for f in result.files if f["status"] == "rejected"), load_id))
+    profile.apply_descriptions(cur, cat, plan.dataset, plan.description, plan.column_descriptions)
     drop_stage_tables(cur, plan.stage_schema, plan.reports)
     return result
 
@@ -453,6 +534,8 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[StageR
         for name, source_name, kind, _ in report.columns:
             batch_types[name] = join(batch_types[name], kind) if batch_types.get(name) else kind
             sources.setdefault(name, source_name)
+    if plan.json_records:
+        _drop_null_objects(batch_types, existing)
     columns = dict(existing)
     changes: list[dict] = []
     if not existing:
@@ -473,10 +556,20 @@ def _plan_columns(plan: MergePlan, existing: dict[str, str], staged: list[StageR
         if name not in existing:
             columns[name] = plan.hints.get(name) or kind or "text"
             changes.append({"change": "add_column", "column": name, "type": columns[name]})
-        elif kind and kind != existing[name] and kind in SAFE_WIDENING.get(existing[name], ()):
+        elif (kind and kind != existing[name] and kind in SAFE_WIDENING.get(existing[name], ())
+              and name != plan.partition_by):  # PostgreSQL cannot alter a partition key's type
             columns[name] = kind
             changes.append({"change": "widen", "column": name, "from": existing[name], "to": kind})
     return columns, sources, changes
+
+
+def _drop_null_objects(batch_types: dict[str, str | None], existing: dict[str, str]) -> None:
+    """Forget new columns that hold only NULLs where the batch or the table has their nested fields:
+    ``{"owner": null}`` beside ``{"owner": {"login": ...}}`` is an absent owner, not a column."""
+    names = [*batch_types, *existing]
+    for name, kind in list(batch_types.items()):
+        if kind is None and name not in existing and any(n.startswith(name + "__") for n in names):
+            del batch_types[name]
 
 
 def _type_sql(kind: str) -> sql.Composable:
@@ -677,8 +770,9 @@ def refresh_catalog(dsn: str, catalog_schema: str, dataset: str) -> dict:
                     "INSERT INTO {}.columns (dataset, name, source_name, type, nullable, ordinal) "
                     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (dataset, name) DO UPDATE SET type = EXCLUDED.type, "
                     "ordinal = EXCLUDED.ordinal").format(cat), (dataset, name, name, kind, name not in key, ordinal))
-            stats.apply(cur, cat, dataset, target, columns,
-                        stats.Delta(added=target, rows_after=rows, replaced_table=True))
+            delta = stats.Delta(added=target, rows_after=rows, replaced_table=True)
+            stats.apply(cur, cat, dataset, target, columns, delta)
+            profile.apply(cur, cat, dataset, target, columns, delta, tuple(key))
             cur.execute(sql.SQL("UPDATE {}.datasets SET row_count = %s, stats_stale = false WHERE name = %s").format(cat),
                         (rows, dataset))
             return {"dataset": dataset, "row_count": rows, "columns": len(columns)}

@@ -36,7 +36,7 @@ def _run(task: StageTask, stage) -> StageReport:
         return StageReport(task.name, task.path, task.seq, "rejected", exc.reason, exc.detail, diff=exc.diff)
     except psycopg2.Error as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, psycopg2.DataError):  # e.g. a character PostgreSQL cannot store
+        if exc.pgcode and not is_transient(exc):  # e.g. a character PostgreSQL cannot store, a limit
             return StageReport(task.name, task.path, task.seq, "rejected", "load_failed",
                               f"{task.name}: PostgreSQL refused the file's data: {detail}")
         return StageReport(task.name, task.path, task.seq, "error", "transient" if is_transient(exc) else "sink",

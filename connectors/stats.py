@@ -34,6 +34,7 @@ HLL_Q = 64 - HLL_P
 TOP_VALUES_LIMIT = 50  # columns with at most this many distinct values keep exact value counts
 TOP_VALUES_SHOWN = 10
 MAX_DRIFT = 0.005  # overwritten distinct values tolerated in a sketch, as a share of its estimate
+MAX_SELECT_LIST = 1600  # PostgreSQL refuses select lists of more than 1664 entries
 
 NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
 TEMPORAL = ("date", "timestamp", "timestamptz")
@@ -139,9 +140,17 @@ def _aggregate(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[s
         else:
             exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
         exprs.append(sql.SQL("sum({}::numeric)").format(ident) if kind in NUMERIC else sql.SQL("NULL"))
-    cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(exprs), relation))
-    row = cur.fetchone()
+    row: list = []
+    for part in _select_lists(exprs):  # a wide table needs more than one scan
+        cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(part), relation))
+        row.extend(cur.fetchone())
     return {name: tuple(row[4 * i: 4 * i + 4]) for i, name in enumerate(columns)}
+
+
+def _select_lists(exprs: list, per_column: int = 4) -> list[list]:
+    """``exprs`` cut into select lists PostgreSQL accepts (at most 1664 entries), whole columns each."""
+    size = MAX_SELECT_LIST // per_column * per_column
+    return [exprs[i:i + size] for i in range(0, len(exprs), size)] or [exprs]
 
 
 def _to_text(value) -> str | None:
@@ -220,8 +229,10 @@ def _recompute_bounds(cur, target, columns: dict[str, str], stats: dict[str, Col
     for name in which:
         bound = _bound(name, columns[name])
         exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
-    cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(exprs), target))
-    row = cur.fetchone()
+    row: list = []
+    for part in _select_lists(exprs, 2):
+        cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(part), target))
+        row.extend(cur.fetchone())
     for i, name in enumerate(which):
         stats[name].min_value, stats[name].max_value = _to_text(row[2 * i]), _to_text(row[2 * i + 1])
 
@@ -369,6 +380,8 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
                 sql.Literal(n), _value_key(n, columns[n]), relation) for n in tracked))
         for name, value, count in cur.fetchall():
             counts = stats[name].top_values
+            if columns[name] == "numeric":
+                value = _numeric_key(counts, value)
             counts[value] = counts.get(value, 0) + sign * count
     for name in tracked:
         counts = {v: n for v, n in stats[name].top_values.items() if n > 0}
@@ -376,10 +389,32 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
 
 
 def _value_key(column: str, kind: str) -> sql.Composable:
-    """A value as the text it is counted under: equal values give equal text (numeric 1.50 is 1.5)."""
-    if kind == "numeric":
-        return sql.SQL("trim_scale({})::text").format(sql.Identifier(column))
+    """A value as the text it is counted under: as the table holds it (numeric ``1.20``; equal numerics
+    written with other scales are counted together by :func:`_numeric_key`)."""
     return sql.SQL("{}::text").format(sql.Identifier(column))
+
+
+def _numeric_key(counts: dict, value: str) -> str:
+    """The key ``value`` is counted under: an equal numeric already counted (``1.2`` for ``1.20``) is
+    the same value, shown with the larger of the two scales (older catalogs stored trimmed scales)."""
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        return value
+    for key in counts:
+        if key != value and _same_number(key, number):
+            keep = max(key, value, key=lambda k: -Decimal(k).as_tuple().exponent)
+            if keep != key:
+                counts[keep] = counts.pop(key)
+            return keep
+    return value
+
+
+def _same_number(key: str, number: Decimal) -> bool:
+    try:
+        return Decimal(key) == number
+    except InvalidOperation:
+        return False
 
 
 def _store(cur, cat, dataset: str, rows: int, stats: dict[str, ColumnStats], estimates: dict[str, float]) -> None:

@@ -18,13 +18,68 @@ from typing import Any
 
 import psycopg2
 
-from connectors import postgres
+from connectors import catalog_links, postgres
 from streaming.errors import BatchDataError, ShutdownRequested, SinkError, TransientSinkError
 from streaming.metrics import Metrics
 from streaming.rowstage import StageReport, StageTask
 from streaming.sources import Batch, Dataset
 
 log = logging.getLogger(__name__)
+
+
+class InFlight:
+    """The database sessions and Spark job groups of the batches in flight (driver side).
+
+    A shutdown whose grace period ran out cancels them: their transactions roll back, so the
+    batches stay uncommitted and replay on the next start.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._backends: set[int] = set()
+        self._groups: set[str] = set()
+
+    def add_backend(self, pid: int) -> None:
+        with self._lock:
+            self._backends.add(pid)
+
+    def remove_backend(self, pid: int) -> None:
+        with self._lock:
+            self._backends.discard(pid)
+
+    def job_group(self, spark, description: str) -> str:
+        """Put the calling thread's next Spark jobs in a new job group that :meth:`cancel` can cancel."""
+        group = f"dataops-{uuid.uuid4().hex[:12]}"
+        spark.sparkContext.setJobGroup(group, description, interruptOnCancel=True)
+        with self._lock:
+            self._groups.add(group)
+        return group
+
+    def end_job_group(self, group: str) -> None:
+        with self._lock:
+            self._groups.discard(group)
+
+    def cancel(self, dsn: str, spark) -> tuple[int, int]:
+        """Terminate the batches' PostgreSQL sessions and cancel their Spark jobs; return how many."""
+        with self._lock:
+            backends, groups = sorted(self._backends), sorted(self._groups)
+        terminated = 0
+        if backends:
+            try:
+                conn = postgres.connect(dsn, connect_timeout=5)
+                try:
+                    with conn, conn.cursor() as cur:
+                        cur.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM "
+                                    "pg_stat_activity WHERE pid = ANY(%s)", (backends,))
+                        terminated = cur.fetchone()[0]
+                finally:
+                    conn.close()
+            except psycopg2.Error as exc:  # the server may be gone: then so are the sessions
+                log.warning("could not cancel the batches' PostgreSQL sessions: %s", exc)
+        if spark is not None:
+            for group in groups:
+                spark.sparkContext.cancelJobGroup(group)
+        return terminated, len(groups)
 
 
 @dataclasses.dataclass
@@ -37,20 +92,26 @@ class LoadContext:
     spark: object | None = None  # SparkSession; None = parse every file on the driver
     stopping: threading.Event = dataclasses.field(default_factory=threading.Event)
     datasets_changed: Callable[[], None] = lambda: None  # a source found or lost datasets (any thread)
+    in_flight: InFlight = dataclasses.field(default_factory=InFlight)
+    # Told of each phase of a load: ("stage", token), ("merge", rows staged), ("catalog", None); for progress.
+    progress: Callable[[str, object], None] | None = None
 
 
-def load_batch(ctx: LoadContext, dataset: Dataset, batch: Batch, stream: str, batch_id: int) -> postgres.MergeResult:
+def load_batch(ctx: LoadContext, dataset: Dataset, batch: Batch, stream: str, batch_id: int,
+               one_off: bool = False) -> postgres.MergeResult:
     """Stage and merge micro-batch ``batch_id`` of ``stream`` into ``dataset``'s table, exactly once.
 
     Runs on the driver; the batch's stage tasks run where :attr:`Batch.stage` sends them.
+    ``one_off`` (``dataops ingest``): the catalog keeps an existing dataset's mode, key and source.
     """
-    return _commit(ctx, dataset.table, dataset.config, batch, stream, batch_id)
+    return _commit(ctx, dataset.table, dataset.config, batch, stream, batch_id, one_off)
 
 
-def _commit(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_id: int) -> postgres.MergeResult:
+def _commit(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_id: int,
+            one_off: bool = False) -> postgres.MergeResult:
     """Stage and merge a batch (see _commit_batch); a batch that fails is counted in the metrics."""
     try:
-        return _commit_batch(ctx, table, cfg, batch, stream, batch_id)
+        return _commit_batch(ctx, table, cfg, batch, stream, batch_id, one_off)
     except ShutdownRequested:
         raise
     except BaseException:
@@ -58,7 +119,8 @@ def _commit(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_
         raise
 
 
-def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_id: int) -> postgres.MergeResult:
+def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, batch_id: int,
+                  one_off: bool = False) -> postgres.MergeResult:
     """Stage a batch with ``batch.stage(template, token)`` and merge it, exactly once.
 
     A batch already committed (a replay after a crash) writes nothing and returns the recorded result.
@@ -93,22 +155,34 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, 
     template = StageTask(
         path="", name="", seq=0, dataset=dataset, dsn=ctx.dsn, stage_schema=pg.catalog_schema, stage_table="",
         quarantine_table="", options=batch.options, table_types=table_types, hints=dict(cfg.columns),
-        primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change)
-    reports = batch.stage(template, stage_token())
+        primary_key=tuple(cfg.primary_key), policy=cfg.on_schema_change,
+        fixed_columns=(cfg.partition_by,) if cfg.partition_by else ())
+    token = stage_token()
+    if ctx.progress is not None:
+        ctx.progress("stage", token)
+    reports = batch.stage(template, token)
+    if not reports and not batch.files:
+        # A batch without input (an endpoint's failed or empty poll): nothing to load, nothing to record.
+        return postgres.MergeResult(load_id=0)
+    if ctx.progress is not None:
+        ctx.progress("merge", sum(r.staged_rows for r in reports))
     keeps = batch.keeps_rejected_input
     plan = postgres.MergePlan(
         dataset=dataset, source=batch.source, table_schema=pg.schema_name, table=table,
         catalog_schema=pg.catalog_schema, mode=cfg.mode, primary_key=tuple(cfg.primary_key), hints=dict(cfg.columns),
         indexes=cfg.indexes, partition_by=cfg.partition_by, policy=cfg.on_schema_change, stream=stream,
         batch_id=batch_id, reports=reports, stage_schema=pg.catalog_schema, true_tokens=tuple(cfg.true_tokens),
-        quarantine_rejected=not keeps, record_rejections=batch.record_rejections)
+        quarantine_rejected=not keeps, record_rejections=batch.record_rejections, one_off=one_off,
+        json_records=batch.json_records,
+        on_phase=(lambda phase: ctx.progress(phase, None)) if ctx.progress is not None else None,
+        description=getattr(cfg, "description", None), column_descriptions=dict(getattr(cfg, "column_descriptions", {})))
     try:
         failed = [r for r in reports if r.status == "error"]
         if failed:
             kind = TransientSinkError if all(r.reason == "transient" for r in failed) else SinkError
             raise kind(f"dataset {dataset}: batch {batch_id}: " + "; ".join(r.detail for r in failed))
         try:
-            result = postgres.merge(ctx.dsn, plan)
+            result = postgres.merge(ctx.dsn, plan, ctx.in_flight)
         except BatchDataError as exc:
             # Retrying cannot help: record the batch with its input rejected, so the dataset moves on.
             # Files keep their rows in _rejected/; endpoint records move from staging to quarantine.
@@ -118,10 +192,12 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, 
             for r in plan.reports:
                 if r.status == "staged":
                     r.status, r.reason, r.detail = "rejected", "load_failed", f"{r.name}: {exc}"
-            result = postgres.merge(ctx.dsn, plan)
+            result = postgres.merge(ctx.dsn, plan, ctx.in_flight)
     except BaseException:
         drop_reports(ctx, plan.reports)
         raise
+    if not result.replayed:
+        _find_links(ctx, dataset)
     seconds = time.monotonic() - started
     # Per file, not per part: a large file parsed in parts is one file here.
     rejected = sum(1 for f in result.files if f["status"] == "rejected")
@@ -131,6 +207,16 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, 
              "rejected_files=%d duration=%.3fs", dataset, batch_id, result.load_id, files, result.rows_in,
              result.loaded, result.quarantined, result.duplicates, rejected, seconds)
     return result
+
+
+def _find_links(ctx: LoadContext, dataset: str) -> None:
+    """Re-evaluate the dataset's key and join candidates; derived data, so a failure only logs."""
+    try:
+        catalog_links.refresh(ctx.dsn, ctx.settings.postgres.catalog_schema, dataset)
+    except SinkError as exc:
+        log.warning("%s; they are re-evaluated with the next batch", exc)
+    except Exception:  # the batch is committed: nothing derived from it may fail it now
+        log.exception("dataset %s: finding key and join candidates failed; re-evaluated with the next batch", dataset)
 
 
 def stage_token() -> str:

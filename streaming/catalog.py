@@ -5,7 +5,8 @@ from __future__ import annotations
 from psycopg2 import sql
 from psycopg2.extras import RealDictCursor
 
-from connectors import postgres, stats
+from connectors import catalog_links, postgres, stats
+from streaming import semantics
 from streaming.config import Settings
 from streaming.naming import normalize_dataset_name
 
@@ -36,7 +37,8 @@ def show_dataset(dsn: str, settings: Settings, dataset: str) -> dict | None:
                 return None
             cur.execute(sql.SQL(
                 "SELECT name AS dataset, table_schema, table_name, source, mode, primary_key, row_count, "
-                "quarantined_rows, schema_version, created_at, last_loaded_at FROM {}.datasets WHERE name = %s"
+                "quarantined_rows, schema_version, created_at, last_loaded_at, description, key_candidates "
+                "FROM {}.datasets WHERE name = %s"
             ).format(cat), (normalize_dataset_name(dataset),))
             row = cur.fetchone()
             if row is None:
@@ -45,9 +47,16 @@ def show_dataset(dsn: str, settings: Settings, dataset: str) -> dict | None:
             doc["table"] = f"{doc['table_schema']}.{doc['table_name']}"
             cur.execute(sql.SQL(
                 "SELECT name, source_name, type, nullable, ordinal, null_count, non_null_count, distinct_count, "
-                "distinct_estimated, min_value, max_value, value_sum, top_values FROM {}.columns "
+                "distinct_estimated, min_value, max_value, value_sum, top_values, semantic_type, semantic_confidence, pii, "
+                "is_unique, description, sample_values FROM {}.columns "
                 "WHERE dataset = %s ORDER BY ordinal").format(cat), (doc["dataset"],))
             doc["columns"] = [_column_doc(dict(c)) for c in cur.fetchall()]
+            cur.execute(sql.SQL(
+                "SELECT column_name, ref_dataset, ref_column, containment FROM {}.column_links WHERE dataset = %s "
+                "ORDER BY column_name, ref_dataset, ref_column").format(cat), (doc["dataset"],))
+            doc["join_candidates"] = [{"column": r["column_name"], "references": {
+                "dataset": r["ref_dataset"], "column": r["ref_column"]}, "containment": r["containment"]}
+                for r in cur.fetchall()]
             cur.execute(sql.SQL(
                 "SELECT load_id, batch_id, rows_in, rows_loaded, rows_quarantined, duplicates_removed, "
                 "files_rejected, started_at, finished_at, status FROM {}.loads WHERE dataset = %s "
@@ -68,13 +77,18 @@ def _column_doc(row: dict) -> dict:
     row["max"] = stats.json_bound(row.pop("max_value"), kind)
     row["mean"] = float(total / row["non_null_count"]) if total is not None and row["non_null_count"] else None
     row["top_values"] = stats.top(values)
+    row["unique"] = bool(row.pop("is_unique"))  # NULL: the column has no values yet
+    if row["pii"] and row["top_values"]:
+        row["top_values"] = [{**t, "value": semantics.mask(t["value"], row["pii"])} for t in row["top_values"]]
     return row
 
 
 def refresh_dataset(dsn: str, settings: Settings, dataset: str) -> dict:
     """Recompute a dataset's catalog entry from its table (``dataops catalog refresh``)."""
     postgres.ensure_catalog(dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
-    return postgres.refresh_catalog(dsn, settings.postgres.catalog_schema, normalize_dataset_name(dataset))
+    summary = postgres.refresh_catalog(dsn, settings.postgres.catalog_schema, normalize_dataset_name(dataset))
+    catalog_links.refresh(dsn, settings.postgres.catalog_schema, summary["dataset"])
+    return summary
 
 
 def _catalog_exists(cur, settings: Settings) -> bool:

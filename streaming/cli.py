@@ -1,4 +1,4 @@
-"""The ``dataops`` command: ``run``, ``ingest`` and ``catalog``."""
+"""The ``dataops`` command: ``run``, ``ingest``, ``status`` and ``catalog``."""
 
 from __future__ import annotations
 
@@ -59,7 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--dataset", required=True)
     ingest.add_argument("--mode", choices=["append", "overwrite", "upsert"])
     ingest.add_argument("--key", nargs="+", default=None, metavar="COL", help="primary key column(s) for upsert")
+    ingest.add_argument("--quiet", action="store_true", help="no progress on stderr (the JSON summary still prints)")
     ingest.set_defaults(func=cmd_ingest)
+
+    status = sub.add_parser("status", parents=[config],
+                            help="ask the running daemon how it is doing (exit 0 ready, 1 not ready, 2 no daemon)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     catalog = sub.add_parser("catalog", help="describe the loaded datasets")
     catalog_sub = catalog.add_subparsers(dest="catalog_command", required=True)
@@ -74,7 +80,26 @@ def _parser() -> argparse.ArgumentParser:
                                      help="recompute a dataset's counts and column statistics from its table")
     refresh.add_argument("dataset")
     refresh.set_defaults(func=cmd_catalog_refresh)
+    _discovery_commands(catalog_sub, config)
     return parser
+
+
+def _discovery_commands(catalog_sub, config) -> None:
+    search = catalog_sub.add_parser("search", parents=[config],
+                                    help="datasets and columns whose names, descriptions, types or values match")
+    search.add_argument("text")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_catalog_search)
+    context = catalog_sub.add_parser("context", parents=[config],
+                                     help="a compact, prompt-ready description of datasets (all when none named)")
+    context.add_argument("datasets", nargs="*", metavar="DATASET")
+    context.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    context.set_defaults(func=cmd_catalog_context)
+    describe = catalog_sub.add_parser("describe", parents=[config], help="set a dataset's or column's description")
+    describe.add_argument("dataset")
+    describe.add_argument("--column", metavar="COL")
+    describe.add_argument("text", help="the description; empty text clears it")
+    describe.set_defaults(func=cmd_catalog_describe)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -129,7 +154,9 @@ def cmd_ingest(args, settings) -> int:
     from connectors import postgres
     from connectors.files import LandedFile, load_files
     from streaming.batch import LoadContext
+    from streaming.locks import CatalogLock
     from streaming.metrics import Metrics
+    from streaming.progress import IngestProgress
 
     path = Path(args.file)
     if not path.is_file():
@@ -143,20 +170,29 @@ def cmd_ingest(args, settings) -> int:
     if cfg.mode == "upsert" and not cfg.primary_key:
         print("dataops: --mode upsert needs --key COL (or datasets.<name>.primary_key in config)", file=sys.stderr)
         return 2
-    with _database(settings) as dsn:
+    say = (lambda message: None) if args.quiet else _progress
+    if args.quiet:  # errors and warnings only; the JSON summary still goes to stdout
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    with _database(settings) as dsn, contextlib.ExitStack() as held:
         pg = settings.postgres
         postgres.ensure_catalog(dsn, pg.catalog_schema, pg.schema_name)
+        # Shared: ingests may run side by side, never beside a daemon on the same catalog.
+        held.callback(CatalogLock(dsn, pg.catalog_schema, shared=True).acquire().release)
         spark = None
         if path.stat().st_size > settings.landing.local_parse_bytes:
             from streaming.session import create_session
 
-            _progress(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
+            say(f"starting Spark ({settings.spark.master}) for {path.stat().st_size / 1e6:.1f} MB")
             spark = create_session(settings)
-        ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark)
-        _progress(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
+        progress = IngestProgress(dsn, pg.catalog_schema, f"{path.name} -> {args.dataset}", path.stat().st_size,
+                                  IngestProgress.style_for(sys.stderr, args.quiet))
+        ctx = LoadContext(settings=settings, dsn=dsn, metrics=Metrics(), spark=spark, progress=progress)
+        say(f"loading {path} into dataset {args.dataset} ({cfg.mode})")
         started = time.monotonic()
-        result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
-                            stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg, source=f"file:{path.resolve()}")
+        with progress:
+            result = load_files(ctx, args.dataset, [LandedFile(str(path.resolve()), path.name)],
+                                stream=f"ingest:{uuid.uuid4()}", batch_id=0, config=cfg,
+                                source=f"file:{path.resolve()}", one_off=True)
         seconds = time.monotonic() - started
         if spark is not None:
             spark.stop()
@@ -172,6 +208,19 @@ def cmd_ingest(args, settings) -> int:
 
 def _progress(message: str) -> None:
     print(f"dataops: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_status(args, settings) -> int:
+    from streaming.status import fetch_status, render_status, status_url
+
+    url = status_url(settings)
+    doc = fetch_status(url)
+    if doc is None:
+        print(f"dataops: no daemon answers at {url}"
+              f"{' (metrics.enabled is false)' if not settings.metrics.enabled else ''}", file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else render_status(doc))
+    return 0 if doc.get("ready") else 1
 
 
 def cmd_catalog_list(args, settings) -> int:
@@ -198,19 +247,53 @@ def cmd_catalog_show(args, settings) -> int:
     if args.json:
         print(json.dumps(doc, default=str, indent=2))
     else:
-        head = {k: v for k, v in doc.items() if k != "columns"}
-        print("\n".join(f"{k:>18}: {v}" for k, v in head.items()))
-        print()
-        columns = [{**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c["top_values"] or [])[:60],
-                    "distinct_count": f"~{c['distinct_count']}" if c["distinct_estimated"] else c["distinct_count"],
-                    "min": "" if c["min"] is None else f"{c['min']}{' chars' if c['min_max_of'] == 'length' else ''}",
-                    "max": "" if c["max"] is None else f"{c['max']}{' chars' if c['min_max_of'] == 'length' else ''}",
-                    "mean": "" if c["mean"] is None else f"{c['mean']:.6g}"}
-                   for c in doc["columns"]]
-        print(catalog.format_table(columns, ["name", "source_name", "type", "nullable", "null_count",
-                                             "distinct_count", "min", "max", "mean", "top_values"]))
-        print("\n(~ marks a HyperLogLog estimate; min/max of text columns are lengths)")
+        print(_show_text(doc))
     return 0
+
+
+# How `catalog show` prints a part of the document: the columns of its table. Parts not listed
+# print every field they have.
+SHOW_COLUMNS = {
+    "columns": ["name", "source_name", "type", "nullable", "null_count", "distinct_count", "min", "max", "mean"],
+    "meaning": ["column", "semantic_type", "confidence", "pii", "unique", "sample_values", "description"],
+    "top_values": ["column", "top_values"],  # the most frequent values, apart: the widest text of all
+    "join_candidates": ["column", "references", "containment"],
+    "recent_loads": ["load_id", "started_at", "seconds", "rows_in", "rows_loaded", "rows_quarantined",
+                     "duplicates_removed", "files_rejected", "status"],
+}
+
+
+def _show_text(doc: dict) -> str:
+    """``catalog show`` for a person: the dataset's fields, then each part as a table."""
+    from streaming.tables import render_document, render_table
+
+    parts = dict(doc)
+    parts["columns"] = [_column_row(c) for c in doc.get("columns") or []]
+    parts["meaning"] = [{"column": c["name"], "semantic_type": c.get("semantic_type"),
+                         "confidence": c.get("semantic_confidence"), "pii": c.get("pii"), "unique": c.get("unique"),
+                         "sample_values": ", ".join(map(str, c.get("sample_values") or []))[:200],
+                         "description": c.get("description")} for c in doc.get("columns") or []]
+    parts["top_values"] = [{"column": c["name"], "top_values": c["top_values"]} for c in parts["columns"]
+                           if c["top_values"]]
+    parts["join_candidates"] = [{"column": j["column"], "containment": j["containment"],
+                                 "references": f"{j['references']['dataset']}.{j['references']['column']}"}
+                                for j in doc.get("join_candidates") or []]
+    parts["key_candidates"] = "; ".join(", ".join(k) for k in doc.get("key_candidates") or []) or None
+    parts["recent_loads"] = [{**r, "seconds": round((r["finished_at"] - r["started_at"]).total_seconds(), 3)
+                              if r.get("finished_at") and r.get("started_at") else None}
+                             for r in doc.get("recent_loads") or []]
+    head = render_document({k: v for k, v in parts.items() if k not in SHOW_COLUMNS}, title="dataset")
+    tables = [render_table(parts[k], columns, title=k) for k, columns in SHOW_COLUMNS.items()
+              if parts.get(k)]
+    return "\n\n".join([head, *tables, "(~ marks a HyperLogLog estimate; min/max of text columns are lengths)"])
+
+
+def _column_row(c: dict) -> dict:
+    unit = " chars" if c.get("min_max_of") == "length" else ""
+    return {**c, "top_values": ", ".join(f"{t['value']} ({t['count']})" for t in c.get("top_values") or [])[:300],
+            "distinct_count": f"~{c['distinct_count']}" if c.get("distinct_estimated") else c.get("distinct_count"),
+            "min": None if c.get("min") is None else f"{c['min']}{unit}",
+            "max": None if c.get("max") is None else f"{c['max']}{unit}"}
 
 
 def cmd_catalog_refresh(args, settings) -> int:
@@ -219,6 +302,39 @@ def cmd_catalog_refresh(args, settings) -> int:
     with _database(settings) as dsn:
         summary = catalog.refresh_dataset(dsn, settings, args.dataset)
     print(json.dumps(summary))
+    return 0
+
+
+def cmd_catalog_search(args, settings) -> int:
+    from streaming import catalog, discovery
+
+    with _database(settings) as dsn:
+        items = discovery.search(dsn, settings, args.text)
+    if args.json:
+        print(json.dumps([{k: i[k] for k in ("dataset", "column", "matched", "score")} for i in items], indent=2))
+    else:
+        print(catalog.format_table([{**i, "text": (i["text"] or "")[:60]} for i in items],
+                                   ["score", "dataset", "column", "matched", "text"]))
+    return 0
+
+
+def cmd_catalog_context(args, settings) -> int:
+    from streaming import discovery
+
+    with _database(settings) as dsn:
+        docs = discovery.documents(dsn, settings, args.datasets)
+    if args.format == "json":
+        print(json.dumps(discovery.context_json(docs), default=str, indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(discovery.context_markdown(docs))
+    return 0
+
+
+def cmd_catalog_describe(args, settings) -> int:
+    from streaming import discovery
+
+    with _database(settings) as dsn:
+        print(json.dumps(discovery.describe(dsn, settings, args.dataset, args.column, args.text)))
     return 0
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError,
+                               YamlConfigSettingsSource)
 
 from streaming.errors import ConfigError
 from streaming.naming import normalize_dataset_name, normalize_identifier
@@ -106,6 +107,26 @@ class MetricsConfig(_Section):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class UploadConfig(_Section):
+    """``PUT /datasets/<dataset>/files/<file>`` on the metrics port; off unless enabled."""
+
+    enabled: bool = False
+    token_env: str = Field("DATAOPS_UPLOAD_TOKEN", description="environment variable holding the bearer token")
+    max_bytes: int = Field(10 << 30, ge=1, description="largest accepted file")
+
+    def token(self) -> str:
+        """The bearer token from ``token_env``.
+
+        Raises:
+            ConfigError: uploads are enabled and the variable is unset or empty.
+        """
+        value = os.environ.get(self.token_env, "")
+        if not value:
+            raise ConfigError(f"upload.enabled is true but the environment variable {self.token_env} "
+                              f"(upload.token_env) holding the upload token is not set")
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -166,6 +187,14 @@ class LoadOptions(_Section):
     partition_by: str | None = Field(None, description="date/timestamp column; monthly range partitions")
     columns: dict[str, str] = Field(default_factory=dict, description="column -> PostgreSQL type, overrides inference")
     on_schema_change: Literal["evolve", "rescue", "fail"] = "evolve"
+    description: str | None = Field(None, description="what the dataset holds, for the catalog")
+    column_descriptions: dict[str, str] = Field(default_factory=dict, description="column -> what it holds")
+
+    @field_validator("column_descriptions")
+    @classmethod
+    def _described_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        # Keys may be written as in the source (``Amount (USD)``): the catalog knows the normalized name.
+        return {normalize_identifier(k): text for k, text in v.items()}
 
     @field_validator("indexes", mode="before")
     @classmethod
@@ -218,6 +247,7 @@ class CoreSettings(BaseSettings):
     landing: LandingConfig = Field(default_factory=LandingConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    upload: UploadConfig = Field(default_factory=UploadConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     csv: CsvOptions = Field(default_factory=CsvOptions, description="defaults for every dataset")
     datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
@@ -268,6 +298,15 @@ class CoreSettings(BaseSettings):
                 owners[table] = where
         return self
 
+    def configured_source(self, table: str) -> str | None:
+        """The source section that loads ``table`` (e.g. ``endpoint items``), None if none does."""
+        from streaming.sources import registry
+
+        for source in registry().values():
+            if source.section and table in source.declared_tables(self):
+                return f"{source.kind.replace('_', ' ')} {table}"
+        return None
+
     def section(self, name: str) -> Any:
         """A source's config section (its default when this settings model has no such field)."""
         if name in type(self).model_fields:
@@ -301,15 +340,19 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Co
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
     _check_yaml(path)
+    environment = _settings_environment(os.environ)
 
     class _Loaded(settings_model()):
         yaml_file_path = str(path) if path else None
 
     try:
         loaded = _Loaded(**overrides)
+    except SettingsError:
+        raise _environment_error(environment) from None
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}{_from_env(err['loc'], environment)}"
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
     # Dataset entries (and sources' entries that read CSV, like object stores) inherit the top-level
@@ -323,6 +366,88 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Co
             if field not in ds.model_fields_set:
                 setattr(ds, field, getattr(loaded.csv, field))
     return loaded
+
+
+def _settings_environment(environ: Any) -> dict[tuple[str, ...], tuple[str, str]]:
+    """The ``DATAOPS_`` variables that override settings, by key path: ``{("datasets", "orders", "mode"):
+    (variable, value)}``.
+
+    A variable is an override when it names a section (``DATAOPS_ENDPOINTS``) or holds the nested
+    delimiter (``DATAOPS_POSTGRES__DSN``); others (``DATAOPS_CONFIG``, secrets named in ``auth``)
+    are not settings.
+
+    Raises:
+        ConfigError: an override names no section, e.g. ``DATAOPS_FOO__BAR``.
+    """
+    prefix = settings_model().model_config["env_prefix"]
+    sections = set(settings_model().model_fields)
+    found = {}
+    for variable, value in environ.items():
+        if not variable.upper().startswith(prefix):
+            continue
+        path = tuple(variable[len(prefix):].lower().split("__"))
+        if path[0] not in sections:
+            if len(path) > 1:
+                raise ConfigError(f"environment variable {variable}: unknown section {path[0]!r}; the sections are "
+                                  f"{', '.join(sorted(sections))}")
+            continue
+        found[path] = (variable, value)
+    return found
+
+
+def _environment_error(environment: dict[tuple[str, ...], tuple[str, str]]) -> ConfigError:
+    """The error for an override that is not the JSON its setting needs (a list, an object)."""
+    import json
+
+    bad = []
+    for path, (variable, value) in sorted(environment.items()):
+        structure = _is_structured(path)
+        if not structure:
+            continue
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            shape = "a JSON list" if structure == "list" else "a JSON object"
+            example = ' such as ["id"]' if shape == "a JSON list" and len(path) > 1 else ""
+            bad.append(f"environment variable {variable}: not valid JSON ({exc.msg}); "
+                       f"{'.'.join(path)} takes {shape}{example}")
+    return ConfigError("; ".join(bad) or "invalid configuration in DATAOPS_ environment variables")
+
+
+def _is_structured(path: tuple[str, ...]) -> str | None:
+    """``"list"`` or ``"object"`` when the setting at ``path`` is one (its override must be JSON), else None."""
+    import types
+    import typing
+
+    annotation: Any = settings_model()
+    for part in path:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = next((f for n, f in annotation.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return None
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    options = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is list:
+            return "list"
+        if origin is dict or (isinstance(origin, type) and issubclass(origin, BaseModel)):
+            return "object"
+    return None
+
+
+def _from_env(loc: tuple, environment: dict[tuple[str, ...], tuple[str, str]]) -> str:
+    """`` (from DATAOPS_...)`` when an environment variable set the offending key."""
+    path = tuple(str(p).lower() for p in loc)
+    for n in range(len(path), 0, -1):
+        if path[:n] in environment:
+            return f" (from environment variable {environment[path[:n]][0]})"
+    return ""
 
 
 def _check_yaml(path: str | os.PathLike | None) -> None:

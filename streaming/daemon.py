@@ -25,13 +25,18 @@ from streaming.batch import LoadContext, load_batch
 from streaming.config import load_settings
 from streaming.errors import ConfigError, ShutdownRequested, TransientSinkError
 from streaming.health import HealthServer
+from streaming.locks import CatalogLock, DaemonLocks, LockHeld
 from streaming.metrics import Metrics, progress_listener
 from streaming.sources import Dataset, Source, registry, stream_id
+from streaming.status import PostgresProbe, daemon_status, startup_lines
+from streaming.upload import Uploads
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 60.0
 TRANSIENT_RETRY_SECONDS = 300.0
+RETRYING_NOT_READY_SECONDS = 30.0  # a batch retried longer than this makes the daemon not ready
+CANCEL_WAIT_SECONDS = 10.0  # after cancelling at the end of the grace period, time for batches to unwind
 STALE_STAGE_SECONDS = 3600.0  # older staging tables belong to no running batch (or ingest)
 
 
@@ -44,6 +49,9 @@ class _Query:
     restart_at: float = 0.0
     batch_active: bool = False
     stopping: threading.Thread | None = None  # a stop in progress (config change): no restart before it ends
+    last_error: str | None = None  # the query's last failure, cleared by a committed batch
+    retrying_since: float | None = None  # monotonic time the batch in flight first failed transiently
+    retry_error: str | None = None
 
     @property
     def key(self) -> str:
@@ -73,6 +81,7 @@ class Daemon:
         self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics,
                                datasets_changed=self._datasets_changed.set)
         self.grace_seconds = grace_seconds
+        self.retrying_not_ready_seconds = RETRYING_NOT_READY_SECONDS
         self.stop_event = stop_event or threading.Event()
         self.queries: dict[str, _Query] = {}
         self._refused: set[str] = set()  # datasets whose table another dataset loads (logged once)
@@ -84,21 +93,53 @@ class Daemon:
         self._listener = None
         self.health: HealthServer | None = None
         self.running = False
+        self.started_at = time.time()
+        self.locks: DaemonLocks | None = None
+        self._exit_code = 0
+        self.postgres_probe = PostgresProbe(dsn)
+        self.metrics.observe(self._scrape_state)
         # A failing batch raises out of foreachBatch; py4j would log each with a full traceback. The
         # supervisor reports it in one line naming the dataset instead.
         logging.getLogger("py4j.clientserver").setLevel(logging.CRITICAL)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def run(self) -> int:
+        """Hold the landing folder, checkpoint directory and catalog schema, then run.
+
+        Raises:
+            LockHeld: another dataops process holds one of them (the message names it).
+        """
+        self.locks = DaemonLocks(self.landing_root, self.settings.spark.checkpoint_dir)
+        self.locks.acquire_files()
+        try:
+            return self._run()
+        finally:
+            if self.health is not None:
+                self.health.stop()
+            self.locks.release()
+
+    @property
+    def landing_root(self) -> Path:
+        return Path(self.settings.landing.path).resolve()
+
+    def _run(self) -> int:
         from streaming.session import create_session
 
         self._install_signals()
+        if self.settings.upload.enabled and not self.settings.metrics.enabled:
+            raise ConfigError("upload.enabled needs metrics.enabled: uploads are served on the metrics port")
+        for line in startup_lines(self.settings, self.ctx.dsn):
+            log.info("%s", line)
+        Uploads.clean_staging(self.landing_root)
         if self.settings.metrics.enabled and self.health is None:
             m = self.settings.metrics
-            self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness).start()
-            log.info("metrics and health on http://%s:%d (/metrics, /healthz, /readyz)", m.host, self.health.port)
+            uploads = Uploads(self.landing_root, self.settings, self.ctx.dsn) if self.settings.upload.enabled else None
+            self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness, status=self.status,
+                                       uploads=uploads).start()
+            log.info("metrics on http://%s:%d/metrics (health /healthz /readyz, status /status%s)", m.host,
+                     self.health.port, ", uploads PUT /datasets/<dataset>/files/<file>" if uploads else "")
         pg = self.settings.postgres
-        if not self._wait_for_postgres():
+        if not self._wait_for_postgres() or not self._lock_catalog():
             return 0
         dropped = postgres.drop_stale_stages(self.ctx.dsn, pg.catalog_schema, STALE_STAGE_SECONDS)
         if dropped:
@@ -106,7 +147,7 @@ class Daemon:
         if self.spark is None:
             self.spark = create_session(self.settings)
         self.ctx.spark = self.spark
-        self._listener = progress_listener(self.metrics)
+        self._listener = progress_listener(self.metrics, self._dataset_of_query)
         self.spark.streams.addListener(self._listener)
         if self.stop_event.is_set():  # asked to stop while Spark was starting
             self._shutdown()
@@ -129,7 +170,7 @@ class Daemon:
                 self._supervise()
         finally:
             self._shutdown()
-        return 0
+        return self._exit_code
 
     def request_stop(self) -> None:
         self.stop_event.set()
@@ -149,6 +190,49 @@ class Daemon:
                 return False
             delay = min(delay * 2, 30.0)
 
+    def _lock_catalog(self) -> bool:
+        """Hold the catalog schema's advisory lock for the daemon's life; False if asked to stop."""
+        lock = CatalogLock(self.ctx.dsn, self.settings.postgres.catalog_schema)
+        delay = 1.0
+        while True:
+            try:
+                lock.acquire()
+                break
+            except psycopg2.Error as exc:
+                log.warning("PostgreSQL unavailable (%s); retrying in %.0fs", _first_line(exc), delay)
+            if self.stop_event.wait(delay):
+                return False
+            delay = min(delay * 2, 30.0)
+        self.locks.catalog = lock.keep(self._catalog_lock_lost)
+        return True
+
+    def _catalog_lock_lost(self, message: str) -> None:
+        log.error("%s (taken while the connection to PostgreSQL was down); stopping", message)
+        self._exit_code = 1
+        self.request_stop()
+
+    def _scrape_state(self) -> dict:
+        """The state gauges, computed when Prometheus scrapes (see streaming.metrics.StateCollector)."""
+        queries = list(self.queries.values())
+        pending = {q.table: q.source.pending(q.dataset) for q in queries}
+        return {
+            "postgres_up": self.postgres_probe.check()[0],
+            "files_pending": {table: n for table, n in pending.items() if n is not None},
+            "query_up": {q.table: bool(self.running and q.query is not None and _active(q.query)) for q in queries},
+            "batch_retrying": {q.table: q.retrying_since is not None for q in queries},
+            "source_up": {q.table: q.source.status(q.dataset) == "ok" for q in queries if q.source.status_section},
+        }
+
+    def _dataset_of_query(self, name: str | None) -> str | None:
+        for q in list(self.queries.values()):
+            if name == f"{q.source.kind}_{q.table}":
+                return q.table
+        return None
+
+    def status(self) -> tuple[bool, dict]:
+        """``/status``: readiness plus, per dataset, its source, query, pending files, last batch and error."""
+        return daemon_status(self)
+
     def readiness(self) -> tuple[bool, dict]:
         """Ready when the daemon runs, every dataset's query is up and PostgreSQL answers.
 
@@ -158,21 +242,17 @@ class Daemon:
         queries = list(self.queries.values())
         states = {q.key: "running" if q.query is not None and q.query.isActive else
                   ("restarting" if q.failures else "starting") for q in queries}
+        now = time.monotonic()
+        for q in queries:
+            since = q.retrying_since
+            if since is not None and now - since > self.retrying_not_ready_seconds:
+                states[q.key] = f"retrying for {now - since:.0f}s: {q.retry_error}"
         inputs: dict[str, dict[str, str]] = {s.status_section: {} for s in self.sources if s.status_section}
         for q in queries:
             if q.source.status_section:
                 inputs[q.source.status_section][q.table] = q.source.status(q.dataset)
-        try:
-            conn = postgres.connect(self.ctx.dsn, connect_timeout=3)
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-            finally:
-                conn.close()
-            database = "ok"
-        except Exception as exc:
-            database = f"unreachable: {_first_line(exc)}"
-        self.metrics.postgres_up.set(1 if database == "ok" else 0)
+        up, problem = self.postgres_probe.check()
+        database = "ok" if up else f"unreachable: {_first_line(problem)}"
         state = "running" if self.running and not self.stop_event.is_set() else (
             "stopping" if self.stop_event.is_set() else "starting")
         ready = state == "running" and database == "ok" and all(v == "running" for v in states.values())
@@ -203,13 +283,11 @@ class Daemon:
             time.sleep(0.05)
         for stopper in self._stoppers:
             stopper.join(timeout=max(0.0, deadline - time.monotonic()))
+        if any(q.batch_active for q in self.queries.values()):
+            self._cancel_batches()
         for q in self.queries.values():
-            if q.batch_active:
-                log.warning("dataset=%s: batch still running after %.0fs grace; abandoning it (it replays on "
-                            "restart)", q.dataset.name, self.grace_seconds)
             if q.query is not None:
                 _stop_quietly(q.query, q.dataset.name)
-            self.metrics.query_up.labels(q.table).set(0)
         for source in self.sources:
             try:
                 source.stop()
@@ -222,6 +300,17 @@ class Daemon:
         if self.health is not None:
             self.health.stop()
         log.info("stopped")
+
+    def _cancel_batches(self) -> None:
+        """The grace period is over: roll back the batches in flight (they replay on restart)."""
+        active = [q.dataset.name for q in self.queries.values() if q.batch_active]
+        sessions, jobs = self.ctx.in_flight.cancel(self.ctx.dsn, self.spark)
+        log.warning("batch of %s still running after %.0fs grace; cancelled it (%d PostgreSQL session(s), "
+                    "%d Spark job group(s)); it is uncommitted and replays on restart", ", ".join(active),
+                    self.grace_seconds, sessions, jobs)
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        while any(q.batch_active for q in self.queries.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     # --- datasets ----------------------------------------------------------------------------
     def _sync_datasets(self) -> None:
@@ -269,7 +358,6 @@ class Daemon:
         """Stop a query in the background: its batch in flight may wait out PostgreSQL or a
         Retry-After, and supervision must go on meanwhile. ``q`` restarts only once it stopped."""
         query, q.query = q.query, None
-        self.metrics.query_up.labels(q.table).set(0)
         if query is None:
             return
 
@@ -312,9 +400,6 @@ class Daemon:
         if self._datasets_changed.is_set():
             self._sync_datasets()
         for q in list(self.queries.values()):
-            pending = q.source.pending(q.dataset)
-            if pending is not None:
-                self.metrics.files_pending.labels(q.table).set(pending)
             if q.query is not None and q.query.isActive:
                 continue
             if q.stopping is not None:
@@ -332,8 +417,8 @@ class Daemon:
         q.failures += 1
         backoff = min(MAX_BACKOFF_SECONDS, 2 ** (q.failures - 1))
         q.restart_at = now + backoff
-        self.metrics.query_up.labels(q.table).set(0)
         self.metrics.query_restarts.labels(q.table).inc()
+        q.last_error = _first_line(error)
         log.error("dataset=%s: query stopped: %s; restarting in %.0fs", q.dataset.name, _first_line(error), backoff)
 
     def _start(self, q: _Query) -> None:
@@ -360,9 +445,10 @@ class Daemon:
                 if batch is None:
                     return
                 stream = stream_id(source, q.table, ref["id"])
-                result = self._retry_transient(q.what, batch_id,
+                result = self._retry_transient(q, q.what, batch_id,
                                                lambda: load_batch(self.ctx, dataset, batch, stream, batch_id))
                 source.finish(dataset, batch, result)
+                q.last_error = None
             finally:
                 q.batch_active = False
 
@@ -380,22 +466,31 @@ class Daemon:
             return
         ref["id"] = str(q.query.id)
         ready.set()
-        self.metrics.query_up.labels(q.table).set(1)
         log.info("%s: query started (trigger %d ms, checkpoint %s)", q.what, trigger_ms, checkpoint)
 
-    def _retry_transient(self, what: str, batch_id: int, load):
-        """Run a load; wait out PostgreSQL outages here so the query keeps its place."""
+    def _retry_transient(self, q: _Query, what: str, batch_id: int, load):
+        """Run a load; wait out PostgreSQL outages here so the query keeps its place.
+
+        While it waits, ``dataops_batch_retrying`` is 1 for the dataset; past
+        ``retrying_not_ready_seconds`` the daemon reports itself not ready.
+        """
         delay, deadline = 1.0, time.monotonic() + TRANSIENT_RETRY_SECONDS
-        while True:
-            try:
-                return load()
-            except TransientSinkError as exc:
-                if self.ctx.stopping.is_set() or time.monotonic() > deadline:
-                    raise
-                log.warning("%s; retrying in %.0fs", exc, delay)
-                if self.ctx.stopping.wait(delay):
-                    raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
-                delay = min(delay * 2, 30.0)
+        try:
+            while True:
+                try:
+                    return load()
+                except TransientSinkError as exc:
+                    if self.ctx.stopping.is_set() or time.monotonic() > deadline:
+                        raise
+                    if q.retrying_since is None:
+                        q.retrying_since = time.monotonic()
+                    q.retry_error = _first_line(exc)
+                    log.warning("%s; retrying in %.0fs", exc, delay)
+                    if self.ctx.stopping.wait(delay):
+                        raise ShutdownRequested(f"{what}: batch {batch_id} abandoned at shutdown") from exc
+                    delay = min(delay * 2, 30.0)
+        finally:
+            q.retrying_since = q.retry_error = None
 
 
 class ConfigWatch:
@@ -448,6 +543,13 @@ class ConfigWatch:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
+
+
+def _active(query) -> bool:
+    try:
+        return bool(query.isActive)
+    except Exception:  # the JVM is going away (shutdown): the query is not running
+        return False
 
 
 def _stop_quietly(query, dataset: str) -> None:

@@ -23,6 +23,7 @@ from streaming.errors import FileRejected
 from streaming.schema import ColumnTyper, bool_token_set
 
 CHUNK_ROWS = 2000
+MAX_COLUMNS = 1599  # PostgreSQL's 1600 columns per table, less the staging table's row position
 RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
 _WS = " \t"
 
@@ -59,6 +60,8 @@ class StageTask:
         table_types: the target table's current columns and types (empty if it does not exist yet).
         hints: column -> type from config; values must fit.
         primary_key: columns that must not be NULL.
+        fixed_columns: columns of the table whose type cannot change even under ``evolve`` (a
+            partition key): values that would need a wider type go to quarantine.
         policy: ``on_schema_change`` — ``evolve`` (existing columns may widen, new ones are added),
             ``rescue`` (the table never changes; unknown columns and values that do not fit go to
             the row's ``_rescued`` JSON) or ``fail`` (a file that does not match is rejected).
@@ -81,6 +84,7 @@ class StageTask:
     hints: dict
     primary_key: tuple
     policy: str = "evolve"
+    fixed_columns: tuple = ()  # columns whose type may never change (the partition key)
     part: int = 0
     start: int = 0
     end: int | None = None
@@ -160,6 +164,7 @@ class RowStage:
         self.typers: list[ColumnTyper] = []
         self.unknown: set[int] = set()
         self.rescue = False
+        self.fixed: set[int] = set()
         self.out_positions: list[int] = []
         self.out_names: list[str] = []
         self.key_positions: list[int] = []
@@ -190,6 +195,9 @@ class RowStage:
 
     def _setup_columns(self, task: StageTask, opts: dict) -> None:
         """Typers per column by policy, and which columns are staged (see StageTask.policy)."""
+        if len(self.columns) > MAX_COLUMNS:
+            raise FileRejected("too_wide", f"{task.name}: {len(self.columns)} columns; a PostgreSQL table holds at "
+                                           f"most 1600 and staging needs one of them, so at most {MAX_COLUMNS} load")
         table = task.table_types
         formats = tuple(opts.get("date_formats") or ())
         self.unknown: set[int] = set()
@@ -204,11 +212,12 @@ class RowStage:
             self.unknown = {i for i, c in enumerate(self.columns) if c not in table}
         self.typers = []
         for c in self.columns:
-            # A column the table already has keeps the table's type; a hint shapes new columns.
-            hint = task.hints.get(c) if c not in table else None
+            # A column the table already has keeps the table's type; a hint shapes new columns, and
+            # keeps a column it shaped from widening (values out of its range go to quarantine).
+            hint = task.hints.get(c) if c not in table or table[c] == task.hints.get(c) else None
             if hint:
                 typer = ColumnTyper(self.bools, fixed=hint, loose=True, formats=formats)
-            elif c in table and task.policy == "evolve":
+            elif c in table and task.policy == "evolve" and c not in task.fixed_columns:
                 typer = ColumnTyper(self.bools, widen_from=table[c], formats=formats)
             elif c in table:
                 typer = ColumnTyper(self.bools, fixed=table[c], formats=formats)
@@ -216,6 +225,7 @@ class RowStage:
                 typer = ColumnTyper(self.bools, formats=formats)
             self.typers.append(typer)
         self.rescue = task.policy == "rescue" and bool(table)
+        self.fixed = {i for i, c in enumerate(self.columns) if c in table and c in task.fixed_columns}
         self.out_positions = [i for i in range(len(self.columns)) if i not in self.unknown]
         self.out_names = [self.columns[i] for i in self.out_positions] + ([RESCUED] if self.rescue else [])
 
@@ -261,8 +271,9 @@ class RowStage:
                     values[i] = None
                 joined, has_null = None, True
             else:
+                why = " (the table's partition key, whose type cannot change)" if ci in self.fixed else ""
                 for i in failures:
-                    bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i])))
+                    bad.setdefault(i, (ci, self.typers[ci].describe_failure(values[i]) + why))
             out_columns.append(values)
             joins.append((joined, has_null))
         for ci in self.key_positions:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import subprocess
 import sys
+import tempfile
+import threading
+import warnings
 
 from streaming.config import Settings
 
@@ -33,6 +38,8 @@ def create_session(settings: Settings):
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    level = settings.logging.spark_level
+    quiet_start(level, settings.spark.master)
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
     from pyspark.sql import SparkSession
@@ -40,15 +47,93 @@ def create_session(settings: Settings):
     conf = SparkConf().setMaster(settings.spark.master).setAppName(settings.spark.app_name)
     for key, value in {**DEFAULT_CONF, **settings.spark.conf}.items():
         conf.set(key, value)
+    # log4j reads its configuration when the JVM starts, before any setLogLevel: give it ours, so the
+    # start-up lines (default profile, NativeCodeLoader, loopback hostname) follow logging.spark_level.
+    log4j = f"-Dlog4j2.configurationFile=file:{log4j_config(level)}"
+    conf.set("spark.driver.extraJavaOptions", f"{log4j} {conf.get('spark.driver.extraJavaOptions', '')}".strip())
     with SparkContext._lock:
         if SparkContext._gateway is None:
-            SparkContext._gateway = launch_gateway(conf, popen_kwargs={"start_new_session": True})
+            quiet = level not in ("ALL", "DEBUG", "INFO", "WARN")
+            popen = {"start_new_session": True, **({"stderr": subprocess.PIPE} if quiet else {})}
+            SparkContext._gateway = launch_gateway(conf, popen_kwargs=popen)
             SparkContext._jvm = SparkContext._gateway.jvm
+            if quiet:
+                _forward_stderr(SparkContext._gateway.proc.stderr)
     spark = SparkSession.builder.config(conf=conf).getOrCreate()
     spark.sparkContext.setLogLevel(settings.logging.spark_level)
     _quiet_query_failures(spark, settings.logging.spark_level)
     log.info("spark %s started (master %s)", spark.version, settings.spark.master)
     return spark
+
+
+_LOG4J = """# Written by dataops at start: Spark's logging at logging.spark_level.
+rootLogger.level = {level}
+rootLogger.appenderRef.stderr.ref = console
+# Spark announces "Setting default log level" when this logger's level differs from the root's.
+logger.repl.name = org.apache.spark.repl.Main
+logger.repl.level = {level}
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+"""
+
+
+def log4j_config(level: str) -> str:
+    """A log4j2 properties file setting Spark's root level to ``level``; returns its path."""
+    path = os.path.join(tempfile.gettempdir(), f"dataops-log4j2-{level.lower()}-{os.getuid()}.properties")
+    text = _LOG4J.format(level=level)
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def quiet_start(spark_level: str, master: str) -> None:
+    """Keep start-up noise off the console unless ``logging.spark_level`` asks for it.
+
+    A local master binds to the loopback address (no "hostname resolves to a loopback address"
+    warning, and nothing to reach from outside); pandas' and pyarrow's deprecation warnings are
+    silenced in this process and, through ``PYTHONWARNINGS``, in Spark's Python workers.
+    """
+    if spark_level in ("ALL", "DEBUG", "INFO", "WARN"):
+        return
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("SPARK_LOCAL_HOSTNAME", "localhost")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# Lines the JVM itself prints at start whatever log4j says (Spark 4 enables the vector module).
+_JVM_NOISE = re.compile(rb"^WARNING: Using incubator modules|^Setting default log level|^To adjust logging level")
+
+
+def _forward_stderr(stream) -> None:
+    """Copy the JVM's stderr (its Python workers' included) to ours, less its start-up notices."""
+    def pump() -> None:
+        for line in iter(stream.readline, b""):
+            if _JVM_NOISE.match(line):
+                continue
+            out = getattr(sys.stderr, "buffer", None)  # looked up per line: sys.stderr may be replaced
+            try:
+                if out is not None:
+                    out.write(line)
+                    out.flush()
+                else:
+                    sys.stderr.write(line.decode(errors="replace"))
+            except (OSError, ValueError):  # our stderr is closed: keep draining so the JVM never blocks
+                continue
+
+    threading.Thread(target=pump, name="spark-stderr", daemon=True).start()
 
 
 # Loggers that print a whole stack trace when a micro-batch fails; the daemon reports each failure

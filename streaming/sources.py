@@ -69,6 +69,8 @@ class Batch:
             ``_rejected/``); False when its rows go to quarantine (records, objects).
         record_rejections: a rejected input stays where it is (an object in a bucket): the load
             records a quarantine row naming it and the reason, besides its load-history entry.
+        json_records: the rows are JSON records: a field that is null wherever it is not an object
+            (``owner`` beside ``owner__login``) adds no column.
         files: how many input files the batch holds (0 for records), for metrics and logs.
     """
 
@@ -78,6 +80,7 @@ class Batch:
     inputs: Any = None
     keeps_rejected_input: bool = False
     record_rejections: bool = False
+    json_records: bool = False
     files: int = 0
 
 
@@ -176,6 +179,10 @@ class Source(abc.ABC):
         """Driver, every supervision tick: inputs waiting to load (``dataops_files_pending``); None
         when the source cannot tell."""
         return None
+
+    def origin(self, dataset: Dataset) -> str:
+        """Where the dataset's data comes from, for ``/status`` (driver); never holds a secret."""
+        return f"{self.kind} {dataset.name}"
 
     def query_key(self, dataset: Dataset) -> str:
         """The dataset's key in ``/readyz``'s ``queries`` (driver)."""

@@ -8,7 +8,6 @@ only once a real bucket request succeeds.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

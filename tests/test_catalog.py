@@ -27,9 +27,11 @@ def truth(db, table: str) -> dict:
             f'FROM {{s}}."{table}"')[0]
         mean = db.scalar(f'SELECT avg("{name}")::float8 FROM {{s}}."{table}"') if kind in (
             "integer", "bigint", "numeric", "double precision", "smallint", "real") else None
-        key = f'trim_scale("{name}")::text' if kind == "numeric" else f'"{name}"::text'
+        # Equal numerics count together, shown with the largest scale the table holds them in.
+        key = (f'(array_agg("{name}"::text ORDER BY scale("{name}") DESC))[1]' if kind == "numeric"
+               else f'"{name}"::text')
         top = db.query(f'SELECT {key}, count(*) FROM {{s}}."{table}" WHERE "{name}" IS NOT NULL '
-                       f'GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10')
+                       f'GROUP BY "{name}" ORDER BY 2 DESC, 1 LIMIT 10')
         out["columns"][name] = {"null_count": nulls, "distinct": distinct, "min": lo, "max": hi, "mean": mean,
                                 "top": [list(t) for t in top]}
     return out
@@ -185,7 +187,7 @@ def test_cli_show_json_and_refresh_after_a_hand_edit(db, make_settings, tmp_path
     score = next(c for c in doc["columns"] if c["name"] == "score")
     assert (score["null_count"], score["distinct_count"], score["min"], score["mean"]) == (4, 0, None, None)
     assert cli.main(["catalog", "show", "marks", "--config", config]) == 0
-    assert "null_count" in capsys.readouterr().out
+    assert "score" in capsys.readouterr().out  # the columns table
     assert cli.main(["catalog", "refresh", "nope", "--config", config]) == 2
     assert "nope" in capsys.readouterr().err
 
@@ -210,7 +212,8 @@ def test_equal_values_count_once_and_widening_recomputes(db, make_settings, tmp_
     load(settings, "prices", a, batch_id=0)
     doc = assert_catalog_true(db, settings, "prices")
     price = next(c for c in doc["columns"] if c["name"] == "price")
-    assert price["distinct_count"] == 2 and [t["value"] for t in price["top_values"]] == ["1.5", "2"]
+    assert price["distinct_count"] == 2 and [t["value"] for t in price["top_values"]] == [
+        db.scalar("SELECT price::text FROM {s}.prices WHERE price = 1.5"), "2"]  # as the table holds it
     load(settings, "prices", b, batch_id=1)
     assert db.columns("prices")["day"] == "timestamp without time zone"
     doc = assert_catalog_true(db, settings, "prices")

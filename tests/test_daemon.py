@@ -93,17 +93,16 @@ def test_health_readiness_metrics_and_query_restart(db, make_settings, run_daemo
 
 
 def test_a_failing_dataset_does_not_stop_the_others(db, make_settings, run_daemon):
-    # "bad" cannot be created (partition column is not a date): its batches fail and retry.
+    # "bad" cannot be created (partition column is not a date): its file is rejected with the reason.
     settings = make_settings(datasets={"bad": {"partition_by": "amount"}})
     daemon = run_daemon(settings)
     drop(settings, "bad", "b.csv", "id,amount\n1,2\n")
     drop(settings, "good", "g.csv", "id\n1\n2\n3\n")
     poll(lambda: count(db, "good") == 3, 60, message="good dataset loaded")
-    poll(lambda: daemon.metrics.registry.get_sample_value("dataops_batches_total",
-                                                          {"dataset": "bad", "status": "failed"}), 30,
-         message="failed batch counted")
+    sidecar = settings.landing.path / "_rejected" / "bad" / "b.csv.error.json"
+    poll(sidecar.exists, 30, message="bad file rejected")
+    assert "not a date or timestamp" in json.loads(sidecar.read_text())["error"]
     drop(settings, "good", "g2.csv", "id\n4\n")
     poll(lambda: count(db, "good") == 4, 30, message="good keeps flowing")
     assert count(db, "bad") is None
-    inbox = settings.landing.path / "_inbox" / "bad"
-    assert [p for p in inbox.iterdir() if not p.name.startswith("_")], "the failing file stays queued, not lost"
+    assert daemon.metrics.registry.get_sample_value("dataops_query_up", {"dataset": "bad"}) == 1

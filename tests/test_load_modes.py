@@ -82,16 +82,13 @@ def test_a_replayed_batch_writes_nothing(db, make_settings, tmp_path):
     assert db.scalar("SELECT count(*) FROM {c}.loads WHERE dataset = 'events'") == 2
 
 
-def test_a_failed_batch_commits_nothing_and_leaves_no_staging(db, make_settings, tmp_path):
+def test_a_refused_batch_commits_no_rows_and_leaves_no_staging(db, make_settings, tmp_path):
     settings = make_settings(datasets={"t": {"partition_by": "amount"}})
-    import pytest
-
-    from streaming.errors import SchemaError, SinkError
-
-    with pytest.raises((SchemaError, SinkError), match="partition_by column amount"):
-        load(settings, "t", write(tmp_path, "a.csv", "id,amount\n1,2\n"))
+    result = load(settings, "t", write(tmp_path, "a.csv", "id,amount\n1,2\n"))
+    (entry,) = result.files
+    assert entry["status"] == "rejected" and "partition_by column amount" in entry["detail"]
     assert db.scalar("SELECT to_regclass(%s)", (f"{db.schema}.t",)) is None
-    assert db.scalar("SELECT count(*) FROM {c}.loads") == 0
+    assert db.query("SELECT rows_loaded, files_rejected FROM {c}.loads") == [(0, 1)]
     assert db.scalar("SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'stg%%'", (db.catalog,)) == 0
 
 

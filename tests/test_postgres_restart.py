@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from streaming import cli
 from streaming.config import load_settings
 from streaming.daemon import Daemon
 from streaming.embedded import EmbeddedPostgres
@@ -51,6 +52,22 @@ def rows(dsn: str) -> int | None:
         conn.close()
 
 
+def catalog_lock_holder(dsn: str) -> str | None:
+    """The application_name of the session holding an advisory lock (the daemon's catalog lock)."""
+    try:
+        conn = psycopg2.connect(dsn, connect_timeout=2)
+    except psycopg2.OperationalError:
+        return None
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                        "WHERE l.locktype = 'advisory' AND l.granted")
+            row = cur.fetchone()
+            return row[0] if row else None
+    finally:
+        conn.close()
+
+
 def test_batches_survive_a_postgres_restart(private_pg, tmp_path, spark):
     server, dsn = private_pg
     config = tmp_path / "dataops.yaml"
@@ -70,8 +87,13 @@ metrics: {{port: 0}}
         server.stop(force=True)
         drop(settings, "orders", "2.csv", "id,v\n" + "".join(f"{i},b\n" for i in range(100, 200)))
         base = f"http://127.0.0.1:{daemon.health.port}"
+        # Read at scrape time, with nobody asking /readyz.
+        poll(lambda: daemon.metrics.registry.get_sample_value("dataops_postgres_up") == 0, 10, message="postgres down")
         code, body = poll(lambda: (r := get(base + "/readyz"))[0] == 503 and r, 30, message="not ready")
         assert body["postgres"].startswith("unreachable")
+        status_config = tmp_path / "status.yaml"
+        status_config.write_text(f"metrics: {{port: {daemon.health.port}}}\n")
+        assert cli.main(["status", "--config", str(status_config)]) == 1  # a daemon answers: not ready
         poll(lambda: daemon.metrics.registry.get_sample_value(
             "dataops_batches_total", {"dataset": "orders", "status": "failed"}), 30, message="a failed attempt")
         server.start()
@@ -79,6 +101,9 @@ metrics: {{port: 0}}
         drop(settings, "orders", "3.csv", "id,v\n" + "".join(f"{i},c\n" for i in range(200, 250)))
         poll(lambda: rows(dsn) == 250, 60, message="third file")
         assert poll(lambda: get(base + "/readyz")[0] == 200, 30, message="ready again")
+        assert daemon.metrics.registry.get_sample_value("dataops_postgres_up") == 1
+        poll(lambda: catalog_lock_holder(dsn), 30, message="the catalog lock taken again")
+        assert catalog_lock_holder(dsn).startswith("dataops-daemon ")
     finally:
         daemon.request_stop()
         thread.join(timeout=60)

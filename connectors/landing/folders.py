@@ -61,6 +61,9 @@ class LandingSource(Source):
     def query_key(self, dataset: Dataset) -> str:
         return dataset.name
 
+    def origin(self, dataset: Dataset) -> str:
+        return f"landing folder {self.landing.root / dataset.name}"
+
     def pending(self, dataset: Dataset) -> int:
         return self.landing.pending_count(dataset.name)
 

@@ -157,6 +157,8 @@ class Landing:
                 for f in os.scandir(entry.path):
                     if f.is_file():
                         self.observe(f.path, "scan")
+                    elif f.is_dir() and not f.name.startswith(RESERVED):
+                        self._nested_folder(entry.name, f.name)
 
     def observe(self, path: str, what: str) -> None:
         """Note ``path``: ``what`` is "scan" (found by a rescan) or an event: "scan_event" (appeared),
@@ -169,7 +171,11 @@ class Landing:
         if len(rel.parts) == 1 and not rel.name.startswith(RESERVED) and p.is_dir():
             self._dataset_seen(rel.name)
             return
-        if len(rel.parts) != 2 or rel.parts[0].startswith(RESERVED):
+        if len(rel.parts) < 2 or rel.parts[0].startswith(RESERVED):
+            return
+        if len(rel.parts) > 2 or p.is_dir():
+            if not rel.parts[1].startswith(RESERVED):
+                self._nested_folder(rel.parts[0], rel.parts[1])
             return
         dataset, name = rel.parts
         if name.startswith(RESERVED) or name.startswith("~$") or p.suffix.lower() in TEMP_SUFFIXES:
@@ -225,6 +231,16 @@ class Landing:
         except Exception:  # a bad dataset must not stop the watcher
             log.exception("dataset %s: could not start", name)
         return True
+
+    def _nested_folder(self, dataset: str, name: str) -> None:
+        """A folder inside a dataset folder: its files are not loaded (said once per folder)."""
+        key = f"{dataset}/{name}"
+        with self._lock:
+            if key in self._refused:
+                return
+            self._refused.add(key)
+        log.warning("landing folder %s ignored: files load only from the dataset folder itself (%s/); "
+                    "move them up one level to load them", key, dataset)
 
     # --- settling ----------------------------------------------------------------------------
     def _settle_loop(self) -> None:

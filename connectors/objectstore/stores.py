@@ -109,6 +109,10 @@ class ObjectStoreSource(Source):
                  for key, size, _mtime, identity in rows]
         return file_batch(self.context, files, store, store.url, keeps_rejected_input=True, record_rejections=True)
 
+    def origin(self, dataset: Dataset) -> str:
+        endpoint = f" at {dataset.config.endpoint_url}" if dataset.config.endpoint_url else ""
+        return f"object store {dataset.config.url}{endpoint}"
+
     def status(self, dataset: Dataset) -> str:
         error = self._errors.get(dataset.table)
         return error[0] if error else "ok"

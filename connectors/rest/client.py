@@ -43,6 +43,7 @@ import base64
 import dataclasses
 import datetime as dt
 import email.utils
+import html
 import json
 import logging
 import math
@@ -68,6 +69,8 @@ TRANSIENT_KINDS = frozenset({"http_429", "http_5xx", "timeout", "connection"})
 # A Retry-After longer than this (or max_backoff, if larger) is cut short: the API is down, not busy.
 RETRY_AFTER_CAP = 300.0
 BODY_SNIPPET = 200
+_HIDDEN = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]*>")
 MASK = "***"
 _SECRET_PARAM = re.compile(r"token|key|secret|password|passwd|signature", re.IGNORECASE)
 MISSING = object()
@@ -582,7 +585,11 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 def _snippet(response: requests.Response) -> str:
-    text = " ".join(response.text.split())
+    """A short excerpt of a body for an error message: an HTML page's text, without its markup."""
+    text = response.text
+    if "html" in response.headers.get("Content-Type", "").lower() or text.lstrip()[:1] == "<":
+        text = "HTML " + html.unescape(_TAGS.sub(" ", _HIDDEN.sub(" ", text)))
+    text = " ".join(text.split())
     if not text:
         return ""
     return f": {text[:BODY_SNIPPET]}{'...' if len(text) > BODY_SNIPPET else ''}"

@@ -111,14 +111,22 @@ class EndpointSource(Source):
                     yield run_records_task(dataclasses.replace(
                         template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
 
-            spark.sparkContext.setJobDescription(f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
-            return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
+            in_flight = self.context.in_flight
+            group = in_flight.job_group(spark, f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
+            try:
+                return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
+            finally:
+                in_flight.end_job_group(group)
 
-        return Batch(source=mask_url(endpoint.url), stage=stage, options=options, keeps_rejected_input=False)
+        return Batch(source=mask_url(endpoint.url), stage=stage, options=options, keeps_rejected_input=False,
+                     json_records=True)
 
     def status(self, dataset: Dataset) -> str:
         error = self._errors.get(dataset.table)
         return error[0] if error else "ok"
+
+    def origin(self, dataset: Dataset) -> str:
+        return f"endpoint {mask_url(dataset.config.url)}"
 
     def query_key(self, dataset: Dataset) -> str:
         return f"endpoint:{dataset.table}"
@@ -148,3 +156,12 @@ class EndpointSource(Source):
                 log.info("endpoint=%s: polling again (%s records)", name, event.get("records"))
             log.debug("endpoint=%s: poll fetched %s record(s) in %s page(s)", name, event.get("records"),
                       event.get("pages"))
+
+
+def load_records(ctx, endpoint: EndpointConfig, df, stream: str, batch_id: int):
+    """Load one micro-batch of an endpoint (a DataFrame of ``record, seq``) exactly once, as the
+    daemon's query does (driver); for tools and tests."""
+    from streaming.batch import load_batch
+
+    dataset = Dataset(endpoint.name, endpoint.name, endpoint)
+    return load_batch(ctx, dataset, EndpointSource(ctx).plan(dataset, df, batch_id), stream, batch_id)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from streaming.errors import FileRejected
-from streaming.naming import nested_identifier, unique_names
+from streaming.naming import keep_table_names, nested_identifier, unique_names
 from connectors.staging import copy_to_stage, run_stage_task
 from streaming.rowstage import CHUNK_ROWS, RESCUED, RowStage, StageReport, StageTask, mismatch_report
 from streaming.schema import ColumnTyper
@@ -123,7 +123,8 @@ class _ParsedRecords(RowStage):
             paths.update(dict.fromkeys(c for c in task.table_types if c not in names and c != RESCUED))
         order = list(paths)
         source_names = [p.replace(SEP, ".") for p in order]
-        columns = unique_names([nested_identifier(tuple(p.split(SEP))) for p in order])
+        columns = keep_table_names(unique_names([nested_identifier(tuple(p.split(SEP))) for p in order]),
+                                   [nested_identifier(tuple(p.split(SEP)), False) for p in order], task.table_types)
         table = task.table_types
         raw_columns = [[fields.get(path) for _, fields in records] for path in order]
         # Arrays and deep objects are jsonb; so is every value of a column the table holds as jsonb.
