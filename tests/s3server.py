@@ -69,7 +69,8 @@ class S3Server:
         self.proc = subprocess.Popen(
             [weed_binary(), "server", "-s3", f"-s3.config={config}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-dir={data}", f"-master.port={master}", f"-volume.port={volume}", f"-s3.port={self.s3_port}",
-             f"-filer.port={filer}", "-master.volumeSizeLimitMB=64", "-volume.max=64"],
+             f"-filer.port={filer}", "-master.volumeSizeLimitMB=64", "-volume.max=64",
+             "-s3.port.iceberg=0", "-s3.port.lance=0"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:

@@ -43,8 +43,12 @@ def test_checkpoints_of_the_old_layout_are_adopted_with_their_query_ids(db, make
     (tmp_path / "landing" / "orders").mkdir(parents=True)
     (tmp_path / "landing" / "orders" / "o.csv").write_text("order_id,amount\n1,2.5\n2,3.5\n")
     run_daemon(settings)
-    poll(lambda: db.scalar("SELECT count(DISTINCT dataset) FROM {c}.loads WHERE status = 'committed'") == 2, 90,
-         message="both datasets loaded")
+    def loaded() -> int:
+        if db.scalar("SELECT to_regclass(%s)", (f"{db.catalog}.loads",)) is None:
+            return 0
+        return db.scalar("SELECT count(DISTINCT dataset) FROM {c}.loads WHERE status = 'committed'")
+
+    poll(lambda: loaded() == 2, 90, message="both datasets loaded")
     streams = dict(db.query("SELECT DISTINCT dataset, stream FROM {c}.loads WHERE status = 'committed'"))
     assert streams == {"orders": f"landing:orders:{ids['orders']}", "items": f"endpoint:items:{ids['items']}"}
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["endpoints", "landing"]
+    assert sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith("_")) == ["endpoints", "landing"]

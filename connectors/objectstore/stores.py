@@ -124,7 +124,6 @@ class ObjectStoreSource(Source):
         if event.get("event") == "error":
             message = str(event.get("message"))[:500]
             metrics.source_errors.labels(name, str(event.get("kind", "error"))).inc()
-            metrics.source_up.labels(name).set(0)
             last, repeats = self._errors.get(name, ("", 0))
             # Compare without the retry delay, which changes with every failure.
             same = last.rsplit("; retrying", 1)[0] == message.rsplit("; retrying", 1)[0]
@@ -134,6 +133,5 @@ class ObjectStoreSource(Source):
             if name in {s.name for s in self._stores()}:
                 self._errors[name] = (message, repeats)
         elif event.get("event") == "poll":
-            metrics.source_up.labels(name).set(1)
             if self._errors.pop(name, None) is not None:
                 log.info("dataset=%s: object store reachable again (%s new object(s))", name, event.get("records"))
