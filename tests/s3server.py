@@ -111,3 +111,10 @@ class S3Server:
         with fs.open_output_stream(f"{bucket}/{key}") as out:
             out.write(data)
 
+
+
+def s3_server_fixture(tmp_path_factory):
+    """One server for the whole test session (import it into a test module as ``s3``)."""
+    server = S3Server(tmp_path_factory.mktemp("weed")).start()
+    yield server
+    server.stop()

@@ -15,7 +15,7 @@ from connectors.csvfile import plan_parts
 from connectors.objectstore.store import S3Object, StoreLocation
 from streaming.metrics import Metrics
 from tests.conftest import poll
-from tests.s3server import READER_KEY, READER_SECRET, REGION, S3Server
+from tests.s3server import READER_KEY, READER_SECRET, REGION, S3Server, s3_server_fixture
 
 # Readers and executors run in processes Spark's JVM starts, which inherit the environment the JVM
 # was started with: credentials must be set before the session.
@@ -24,11 +24,7 @@ os.environ["DATAOPS_TEST_S3_SECRET"] = READER_SECRET
 os.environ["DATAOPS_TEST_S3_WRONG"] = "not-the-secret"
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("weed")).start()
-    yield server
-    server.stop()
+s3 = pytest.fixture(scope="session", name="s3")(s3_server_fixture)
 
 
 def csv_bytes(ids, extra: str = "") -> bytes:
