@@ -52,12 +52,12 @@ def startup_lines(settings, dsn: str) -> list[str]:
              f"landing folder {landing}; datasets: {datasets}"]
     from streaming.sources import registry
 
+    sections = []
     for source in registry().values():  # each source's own section: endpoints, object_stores, ...
         if source.section:
             entries = settings.section(source.section) or []
-            names = ", ".join(getattr(e, "name", str(e)) for e in entries) or "none"
-            lines.append(f"{source.section}: {names}")
-    return lines
+            sections.append(f"{source.section}: {', '.join(getattr(e, 'name', str(e)) for e in entries) or 'none'}")
+    return lines + ["; ".join(sections)] if sections else lines
 
 
 class PostgresProbe:

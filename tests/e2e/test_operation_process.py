@@ -52,7 +52,7 @@ def test_quiet_start_one_daemon_per_landing_folder_and_kill_9(db, tmp_path):
         assert lines[0].startswith("dataops ") and lines[0].endswith(" starting")
         assert lines[1].startswith("PostgreSQL postgresql://postgres:***@127.0.0.1") and db.catalog in lines[1]
         assert lines[2] == f"landing folder {tmp_path / 'landing'}; datasets: orders"
-        assert lines[3] == "endpoints: none"
+        assert lines[3] == "endpoints: none; object_stores: none"
         assert lines[4].startswith(f"metrics on http://127.0.0.1:{port}/metrics")
         assert PASSWORD not in text
         assert not [n for n in NOISE if n in text], text
