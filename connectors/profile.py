@@ -30,6 +30,7 @@ import json
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from connectors import stats
 from connectors.stats import Delta
 from streaming import semantics
 
@@ -126,16 +127,22 @@ def _count(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, 
     out: dict[str, dict[str, int]] = {name: {} for name in columns}
     if not tests:
         return out
-    names = list(dict.fromkeys(name for name, _ in tests))
-    exprs = [sql.SQL("count({})").format(sql.Identifier(n)) for n in names]
-    exprs += [sql.SQL("count(*) FILTER (WHERE {})").format(_test(name, columns[name], t)) for name, t in tests]
-    cur.execute(sql.SQL("SELECT {} FROM (SELECT * FROM {} rel LIMIT {}) rel").format(
-        sql.SQL(", ").join(exprs), relation, sql.Literal(TESTED_ROWS)))
-    row = cur.fetchone()
-    for name, n in zip(names, row):
-        out[name][TESTED] = n
-    for (name, t), n in zip(tests, row[len(names):]):
-        out[name][t.name] = n
+    # Per column: how many values were tested, then how many passed each test -- in one statement,
+    # so that both count the same rows; a wide table takes several statements of whole columns.
+    groups: dict[str, list] = {}
+    for name, t in tests:
+        groups.setdefault(name, [(TESTED, sql.SQL("count({})").format(sql.Identifier(name)))]).append(
+            (t.name, sql.SQL("count(*) FILTER (WHERE {})").format(_test(name, columns[name], t))))
+    statements: list[list[tuple[str, str, sql.Composable]]] = [[]]
+    for name, group in groups.items():
+        if statements[-1] and len(statements[-1]) + len(group) > stats.MAX_SELECT_LIST:
+            statements.append([])
+        statements[-1].extend((name, label, expr) for label, expr in group)
+    for statement in statements:
+        cur.execute(sql.SQL("SELECT {} FROM (SELECT * FROM {} rel LIMIT {}) rel").format(
+            sql.SQL(", ").join(expr for _, _, expr in statement), relation, sql.Literal(TESTED_ROWS)))
+        for (name, label, _), n in zip(statement, cur.fetchone()):
+            out[name][label] = n
     return out
 
 
@@ -235,11 +242,14 @@ def _changed(cur, delta: Delta, columns: dict[str, str]) -> set[str]:
         return set(names)
     if not names:
         return set()
-    cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
-        sql.SQL(", ").join(sql.SQL("coalesce(bool_or(r.{c} IS DISTINCT FROM a.{c}), false)").format(
-            c=sql.Identifier(n)) for n in names),
-        delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
-    return {n for n, changed in zip(names, cur.fetchone()) if changed}
+    changed: set[str] = set()
+    for part in stats.select_lists(names, 1):  # a wide table needs more than one statement
+        cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
+            sql.SQL(", ").join(sql.SQL("coalesce(bool_or(r.{c} IS DISTINCT FROM a.{c}), false)").format(
+                c=sql.Identifier(n)) for n in part),
+            delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
+        changed.update(n for n, differs in zip(part, cur.fetchone()) if differs)
+    return changed
 
 
 def _uniqueness(cur, target, rows: int, facts: dict[str, dict], primary_key: tuple,
@@ -265,9 +275,10 @@ def _uniqueness(cur, target, rows: int, facts: dict[str, dict], primary_key: tup
             unique[name] = True
             verify.append(name)
     if verify and rows <= EXACT_ROWS:
-        cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(
-            sql.SQL("count(DISTINCT {c}) = count({c})").format(c=sql.Identifier(n)) for n in verify), target))
-        unique.update(zip(verify, cur.fetchone()))
+        for part in stats.select_lists(verify, 1):
+            cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(
+                sql.SQL("count(DISTINCT {c}) = count({c})").format(c=sql.Identifier(n)) for n in part), target))
+            unique.update(zip(part, cur.fetchone()))
     return unique
 
 

@@ -141,14 +141,15 @@ def _aggregate(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[s
             exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
         exprs.append(sql.SQL("sum({}::numeric)").format(ident) if kind in NUMERIC else sql.SQL("NULL"))
     row: list = []
-    for part in _select_lists(exprs):  # a wide table needs more than one scan
+    for part in select_lists(exprs):  # a wide table needs more than one scan
         cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(part), relation))
         row.extend(cur.fetchone())
     return {name: tuple(row[4 * i: 4 * i + 4]) for i, name in enumerate(columns)}
 
 
-def _select_lists(exprs: list, per_column: int = 4) -> list[list]:
-    """``exprs`` cut into select lists PostgreSQL accepts (at most 1664 entries), whole columns each."""
+def select_lists(exprs: list, per_column: int = 4) -> list[list]:
+    """``exprs`` cut into select lists PostgreSQL accepts (at most 1664 entries), whole columns each
+    (``per_column`` expressions per column)."""
     size = MAX_SELECT_LIST // per_column * per_column
     return [exprs[i:i + size] for i in range(0, len(exprs), size)] or [exprs]
 
@@ -230,7 +231,7 @@ def _recompute_bounds(cur, target, columns: dict[str, str], stats: dict[str, Col
         bound = _bound(name, columns[name])
         exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
     row: list = []
-    for part in _select_lists(exprs, 2):
+    for part in select_lists(exprs, 2):
         cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(part), target))
         row.extend(cur.fetchone())
     for i, name in enumerate(which):
