@@ -91,7 +91,7 @@ class S3Server:
         if self.proc is not None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=3)  # weed drains for up to 20 s; a test server need not
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
