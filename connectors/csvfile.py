@@ -22,10 +22,10 @@ import os
 import re
 from collections.abc import Iterator
 
+from connectors.staging import copy_to_stage, run_stage_task
 from streaming.errors import FileRejected
 from streaming.naming import keep_table_names, normalize_columns, normalize_identifier
-from connectors.staging import copy_to_stage, run_stage_task
-from streaming.rowstage import (CHUNK_ROWS, ByteSource, RowStage, StageReport, StageTask, mismatch_report)
+from streaming.rowstage import CHUNK_ROWS, ByteSource, RowStage, StageReport, StageTask, mismatch_report
 
 SNIFF_BYTES = 64 << 10
 DELIMITERS = (",", ";", "\t", "|")

@@ -38,9 +38,9 @@ def _run(task: StageTask, stage) -> StageReport:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if exc.pgcode and not is_transient(exc):  # e.g. a character PostgreSQL cannot store, a limit
             return StageReport(task.name, task.path, task.seq, "rejected", "load_failed",
-                              f"{task.name}: PostgreSQL refused the file's data: {detail}")
+                               f"{task.name}: PostgreSQL refused the file's data: {detail}")
         return StageReport(task.name, task.path, task.seq, "error", "transient" if is_transient(exc) else "sink",
-                          f"{task.name}: staging failed: {detail}")
+                           f"{task.name}: staging failed: {detail}")
     except OSError as exc:
         return StageReport(task.name, task.path, task.seq, "error", "io", f"{task.name}: cannot read: {exc.strerror or exc}")
     except Exception as exc:  # a bug: report it with its place, the batch fails and is retried
@@ -48,7 +48,7 @@ def _run(task: StageTask, stage) -> StageReport:
 
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return StageReport(task.name, task.path, task.seq, "error", "bug",
-                          f"{task.name}: {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")
+                           f"{task.name}: {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})")
 
 
 def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
