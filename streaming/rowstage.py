@@ -129,7 +129,7 @@ def mismatch_report(task: StageTask, parsed: "RowStage") -> StageReport | None:
         return None
     return StageReport(task.name, task.path, task.seq, "rejected", "schema_mismatch",
                        f"{task.name}: values need wider types than table {task.dataset} has and "
-                      f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
+                       f"on_schema_change is fail: " + ", ".join(f"{c} {d['table']} -> {d['file']}"
                                                                   for c, d in mismatch.items()),
                        diff={"changed_types": mismatch}, columns=parsed.report_columns(),
                        staged_rows=parsed.staged, quarantined_rows=parsed.quarantined)
