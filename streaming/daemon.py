@@ -29,7 +29,6 @@ from streaming.locks import CatalogLock, DaemonLocks, LockHeld
 from streaming.metrics import Metrics, progress_listener
 from streaming.sources import Dataset, Source, registry, stream_id
 from streaming.status import PostgresProbe, daemon_status, startup_lines
-from streaming.upload import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +129,10 @@ class Daemon:
             raise ConfigError("upload.enabled needs metrics.enabled: uploads are served on the metrics port")
         for line in startup_lines(self.settings, self.ctx.dsn):
             log.info("%s", line)
-        Uploads.clean_staging(self.landing_root)
+        offered = [u for u in (source.uploads() for source in self.sources) if u is not None]
         if self.settings.metrics.enabled and self.health is None:
             m = self.settings.metrics
-            uploads = Uploads(self.landing_root, self.settings, self.ctx.dsn) if self.settings.upload.enabled else None
+            uploads = offered[0] if offered and self.settings.upload.enabled else None
             self.health = HealthServer(m.host, m.port, self.metrics.registry, self.readiness, status=self.status,
                                        uploads=uploads).start()
             log.info("metrics on http://%s:%d/metrics (health /healthz /readyz, status /status%s)", m.host,

@@ -30,7 +30,7 @@ class HealthServer:
         registry: the metrics to expose.
         readiness: returns ``(ready, details)``; called per ``/readyz`` request.
         status: returns ``(ready, document)``; called per ``/status`` request.
-        uploads: a :class:`streaming.upload.Uploads` serving the upload paths; None = uploads off.
+        uploads: an uploads object (see :mod:`streaming.upload`) serving the upload paths; None = uploads off.
     """
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,

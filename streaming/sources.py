@@ -184,6 +184,13 @@ class Source(abc.ABC):
         """Where the dataset's data comes from, for ``/status`` (driver); never holds a secret."""
         return f"{self.kind} {dataset.name}"
 
+    def uploads(self) -> Any | None:
+        """Driver, once at start, before the HTTP server starts: the object serving ``PUT`` / ``GET
+        /datasets/<dataset>/files/<file>`` into this source's datasets (see :mod:`streaming.upload`),
+        or None. Asked whether or not ``upload.enabled`` is set, so a source can clear what an
+        interrupted upload left; the daemon serves the first one only when uploads are enabled."""
+        return None
+
     def query_key(self, dataset: Dataset) -> str:
         """The dataset's key in ``/readyz``'s ``queries`` (driver)."""
         return f"{self.kind}:{dataset.table}"

@@ -97,7 +97,9 @@ def test_a_batch_that_waits_out_a_failure_shows_as_not_ready_then_loads(db, make
         assert not daemon.readiness()[0]
         db.query(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
         poll(lambda: count(db, "orders") == 3, 60, message="the batch loaded once PostgreSQL let us in")
-        assert registry.get_sample_value("dataops_batch_retrying", {"dataset": "orders"}) == 0
+        # The rows are visible once the merge commits, a moment before the retry loop returns.
+        poll(lambda: registry.get_sample_value("dataops_batch_retrying", {"dataset": "orders"}) == 0, 30,
+             message="the batch no longer retrying")
         assert not (settings.landing.path / "_rejected" / "orders").exists() or \
             not list((settings.landing.path / "_rejected" / "orders").iterdir())
         poll(lambda: daemon.readiness()[0], 30, message="ready again")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from connectors import postgres
 from connectors.files import LandedFile, file_batch
+from connectors.landing.upload import Uploads
 from connectors.landing.watcher import Landing
 from streaming.naming import normalize_dataset_name
 from streaming.sources import Batch, Dataset, Source
@@ -51,6 +52,13 @@ class LandingSource(Source):
 
     def stop(self) -> None:
         self.landing.stop()
+
+    def uploads(self) -> Uploads | None:
+        """Driver: uploads land in the dataset folders (see :mod:`connectors.landing.upload`)."""
+        settings = self.context.settings
+        root = Path(settings.landing.path).resolve()
+        Uploads.clean_staging(root)  # bodies cut off by a crash (the daemon holds the folder's lock)
+        return Uploads(root, settings, self.context.dsn) if settings.upload.enabled else None
 
     def datasets(self) -> list[Dataset]:
         settings = self.context.settings
