@@ -226,7 +226,7 @@ def _containment(cur, sketches: _Sketches, a: dict, col: dict, b: dict, key: dic
         return (estimate if error <= MAX_SKETCH_ERROR else None), "sketch"
     if estimate + max(error, MAX_SKETCH_ERROR) < MIN_CONTAINMENT:
         return None, "sketch"
-    return _exact_containment(cur, a, col["name"], b, key["name"]), "exact"
+    return _exact_containment(cur, a, col["name"], b, key["name"], indexed), "exact"
 
 
 def _sketch_containment(sa: bytes | None, sb: bytes | None) -> tuple[float | None, float]:
@@ -250,9 +250,13 @@ def _found_values(cur, b: dict, key: dict, values: list[str]) -> int:
     return cur.fetchone()["n"]
 
 
-def _exact_containment(cur, a: dict, column: str, b: dict, key: str) -> float | None:
+def _exact_containment(cur, a: dict, column: str, b: dict, key: str, indexed: bool) -> float | None:
+    """Exact containment. An indexed key is probed value by value (the cost follows the column's
+    table); an unindexed one (both tables small) is hashed once: probing it per value would scan
+    it per value."""
+    found = ("EXISTS (SELECT 1 FROM {bt} r WHERE r.{k} = v.x)" if indexed else "v.x IN (SELECT r.{k} FROM {bt} r)")
     cur.execute(sql.SQL(
-        "SELECT count(*) AS n, count(*) FILTER (WHERE EXISTS (SELECT 1 FROM {bt} r WHERE r.{k} = v.x)) AS found "
+        "SELECT count(*) AS n, count(*) FILTER (WHERE " + found + ") AS found "
         "FROM (SELECT DISTINCT {c} AS x FROM {at} WHERE {c} IS NOT NULL) v").format(
         bt=sql.Identifier(b["table_schema"], b["table_name"]), k=sql.Identifier(key),
         c=sql.Identifier(column), at=sql.Identifier(a["table_schema"], a["table_name"])))
