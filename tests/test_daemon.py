@@ -69,7 +69,8 @@ def test_health_readiness_metrics_and_query_restart(db, make_settings, run_daemo
     poll(lambda: daemon.health is not None, 30, message="health server")
     base = f"http://127.0.0.1:{daemon.health.port}"
     assert get(base + "/healthz") == (200, {"status": "ok"})
-    code, body = poll(lambda: (r := get(base + "/readyz"))[0] == 200 and r, 60, message="ready")
+    code, body = poll(lambda: (r := get(base + "/readyz"))[0] == 200 and r[1]["queries"] and r, 60,
+                      message="ready with the dataset's query")
     assert body["queries"] == {"orders": "running"} and body["postgres"] == "ok"
 
     drop(settings, "orders", "a.csv", "id,v\n1,x\n2,y\n3,y\n3,y\n4,NA\nbad\n")
