@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterator
 
+from connectors.csvfast import ArrowFile, NeedsExactReader, supports
 from connectors.staging import copy_to_stage, run_stage_task
 from streaming.errors import FileRejected
 from streaming.naming import keep_table_names, normalize_columns, normalize_identifier
@@ -52,8 +53,15 @@ def run_file_task(task: StageTask) -> StageReport:
 
 def _stage_file(task: StageTask) -> StageReport:
     encoding = task.encoding or detect_encoding(_input(task), task.name, task.options.get("encoding"))
-    parsed = _ParsedFile(task, encoding)
-    copy_to_stage(task, parsed)
+    parsed = _vectorized(task, encoding)
+    if parsed is not None:
+        try:
+            copy_to_stage(task, parsed)
+        except NeedsExactReader:
+            parsed = None  # staged again below, row by row; the aborted COPY left nothing behind
+    if parsed is None:
+        parsed = _ParsedFile(task, encoding)
+        copy_to_stage(task, parsed)
     mismatch = mismatch_report(task, parsed)
     if mismatch:
         return mismatch
@@ -67,6 +75,61 @@ def _stage_file(task: StageTask) -> StageReport:
     )
 
 
+
+
+def _vectorized(task: StageTask, encoding: str) -> ArrowFile | None:
+    """The vectorized reader for the task, or None where only the exact reader can read the file:
+    an encoding that is not byte-compatible with ASCII, one column, a header it cannot find in the
+    file's first bytes, or lines that end with a bare CR."""
+    if not supports(encoding):
+        return None
+    source = _input(task)
+    if task.header is not None:  # a part of a large file: the plan found the header
+        header, delimiter = list(task.header), task.delimiter
+        start, end, first_line = task.start, task.end, task.first_line
+    else:
+        with _open_text(source, encoding) as f:  # the exact reader's sample, so both see one header
+            sample = f.read(SNIFF_BYTES)
+        with _open_binary(source) as f:
+            head = f.read(4 * SNIFF_BYTES)
+        if "\n" not in sample:
+            return None
+        delimiter = task.delimiter or task.options.get("delimiter") or sniff_delimiter(sample)
+        header_lines, header = _first_record(sample, delimiter)
+        if header is None:
+            return None
+        start = 0
+        for _ in range(header_lines):
+            nl = head.find(b"\n", start)
+            if nl < 0:
+                if len(head) < _size(source):
+                    return None
+                start = len(head)
+                break
+            start = nl + 1
+        end, first_line = None, header_lines + 1
+    if len(header) < 2:  # a blank line is an empty value to pyarrow, and no record to the exact reader
+        return None
+    parsed = ArrowFile(task, encoding, delimiter, start, end, first_line,
+                       lambda s, e: io.BufferedReader(_RangeFile(source, s, e), 1 << 20))
+    _name_columns(parsed, task, header)
+    return parsed
+
+
+def _name_columns(parsed: RowStage, task: StageTask, header: list[str]) -> None:
+    """Name the row stage's columns after the file's header (normalized, keeping the table's names).
+
+    Raises:
+        FileRejected: a primary key column is not in the header.
+    """
+    source_names = [h.strip() for h in header]
+    parsed.set_columns(source_names, keep_table_names(normalize_columns(source_names),
+                                                      [normalize_identifier(h, transliterate=False)
+                                                       for h in source_names], task.table_types))
+    missing = [k for k in task.primary_key if k not in parsed.columns]
+    if missing:
+        raise FileRejected("missing_key", f"{task.name}: primary key column(s) {', '.join(missing)} missing "
+                                          f"from the header ({', '.join(parsed.columns)})")
 
 
 def _input(task: StageTask) -> "str | ByteSource":
@@ -363,15 +426,7 @@ class _ParsedFile(RowStage):
         self.reader = csv.reader(self.lines.iterator, delimiter=self.delimiter, strict=True)
         # Physical lines before this reader's first line (the part's offset, then error recovery).
         self.base = self.prev_line = task.first_line - 1
-        header = list(task.header) if task.header is not None else self._header()
-        source_names = [h.strip() for h in header]
-        self.set_columns(source_names, keep_table_names(normalize_columns(source_names),
-                                                        [normalize_identifier(h, transliterate=False)
-                                                         for h in source_names], task.table_types))
-        missing = [k for k in task.primary_key if k not in self.columns]
-        if missing:
-            raise FileRejected("missing_key", f"{task.name}: primary key column(s) {', '.join(missing)} missing "
-                                              f"from the header ({', '.join(self.columns)})")
+        _name_columns(self, task, list(task.header) if task.header is not None else self._header())
 
     def _header(self) -> list[str]:
         while True:

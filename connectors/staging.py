@@ -56,6 +56,7 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
     import psycopg2
 
     conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
+    conn.set_client_encoding("UTF8")  # the row stage's COPY text is UTF-8, whatever the server's default
     try:
         with conn, conn.cursor() as cur:
             from psycopg2 import sql
@@ -70,8 +71,15 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
             cur.execute(sql.SQL(
                 "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
             ).format(quarantine))
-            cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols).as_string(cur),
-                            _IterReader(parsed.copy_chunks()), size=1 << 16)
+            csv_format = sql.SQL(" WITH (FORMAT csv)" if parsed.copy_format == "csv" else "")
+            reader = _IterReader(parsed.copy_chunks())
+            try:
+                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, cols, csv_format).as_string(cur),
+                                reader, size=1 << 16)
+            except psycopg2.Error:
+                if reader.failure is not None:  # the input's own error, which psycopg2 reports as its own
+                    raise reader.failure from None
+                raise
             parsed.quarantine.seek(0)
             cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
     finally:
@@ -79,16 +87,22 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
         parsed.close()
 
 
-class _IterReader(io.TextIOBase):
-    """A file-like ``read()`` over an iterator of strings, so COPY streams while the file parses."""
+class _IterReader(io.RawIOBase):
+    """A file-like ``read()`` over an iterator of COPY text (str or UTF-8 bytes), so COPY streams while
+    the input parses."""
 
-    def __init__(self, chunks: Iterator[str]):
+    def __init__(self, chunks: Iterator[str | bytes]):
         self.chunks = chunks
+        self.failure: BaseException | None = None  # what the iterator raised (COPY is then aborted)
 
-    def read(self, size: int = -1) -> str:  # noqa: ARG002 - COPY accepts chunks of any length
-        for chunk in self.chunks:
-            if chunk:
-                return chunk
+    def read(self, size: int = -1):  # noqa: ARG002 - COPY accepts chunks of any length
+        try:
+            for chunk in self.chunks:
+                if chunk:
+                    return chunk
+        except Exception as exc:
+            self.failure = exc
+            raise
         return ""
 
     readline = read

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from streaming.errors import FileRejected
-from streaming.schema import ColumnTyper, bool_token_set
+from streaming.schema import TEXT, ColumnTyper, bool_token_set
 
 CHUNK_ROWS = 2000
 MAX_COLUMNS = 1599  # PostgreSQL's 1600 columns per table, less the staging table's row position
@@ -147,6 +147,8 @@ class RowStage:
         nulls: raw values that mean NULL.
         empty_is_null: whether an empty value is NULL whatever ``nulls`` says.
     """
+
+    copy_format = "text"  # what copy_chunks yields: COPY text format (str), or "csv" (UTF-8 bytes)
 
     def __init__(self, task: StageTask, nulls: frozenset, empty_is_null: bool | None = None):
         import tempfile
@@ -300,6 +302,70 @@ class RowStage:
             return ""
         encoded = [_copy_column(col, *j) for col, j in zip(out_columns, joins)]
         return "\n".join(map("\t".join, zip(map(str, lines), *encoded))) + "\n"
+
+    def arrow_block(self, raw: list, first_line: int, line_breaks: int | None = None) -> bytes:
+        """:meth:`block` on Arrow string arrays (one per column, no NULLs) whose rows follow each other
+        from physical line ``first_line``; the ``COPY ... (FORMAT csv)`` text of the rows that load.
+        ``line_breaks`` is how many line breaks the values hold in all, when the caller knows.
+
+        Whole columns go through :mod:`streaming.vectorized`; only a column block the vectorized checks
+        do not accept is typed value by value, so the result is the one :meth:`block` gives. Not for
+        the ``rescue`` policy (see :attr:`vectorized`).
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from streaming import vectorized
+
+        rows = len(raw[0]) if raw else 0
+        if line_breaks == 0:
+            per_row, holding = None, set()
+        else:
+            per_row, holding = vectorized.newlines_per_row(raw, line_breaks)
+        lines = vectorized.positions(first_line, rows, per_row)
+        values = [vectorized.clean(c, self.nulls, self._empty_is_null) for c in raw]
+        bad: dict[int, tuple[int, str]] = {}
+        for ci, column in enumerate(values):
+            failures = self._check_column(ci, column, ci in holding)
+            if failures:
+                why = " (the table's partition key, whose type cannot change)" if ci in self.fixed else ""
+                typer = self.typers[ci]
+                for i in failures:
+                    bad.setdefault(i, (ci, typer.describe_failure(column[i].as_py()) + why))
+        for ci in self.key_positions:
+            if values[ci].null_count:
+                for i in pc.indices_nonzero(values[ci].is_null()).to_pylist():
+                    bad.setdefault(i, (ci, f"NULL in primary key column {self.columns[ci]}"))
+        out = [lines] + [values[i] for i in self.out_positions]
+        if bad:
+            for i in sorted(bad):
+                ci, reason = bad[i]
+                self.quarantine_row(lines[i].as_py(), self.columns[ci], raw[ci][i].as_py(), reason,
+                                    [c[i].as_py() for c in raw])
+            keep = pc.invert(pc.is_in(pa.array(range(rows), pa.int64()), value_set=pa.array(sorted(bad), pa.int64())))
+            out = [pc.filter(c, keep) for c in out]
+        self.staged += rows - len(bad)
+        if rows == len(bad):
+            return b""
+        return vectorized.copy_csv(out, ["_ord", *(f"c{i}" for i in range(len(out) - 1))])
+
+    @property
+    def vectorized(self) -> bool:
+        """Whether :meth:`arrow_block` can stage this task (every policy but ``rescue`` into a table)."""
+        return not (self.rescue or self.unknown)
+
+    def _check_column(self, ci: int, column, line_breaks: bool) -> list[int]:
+        """:meth:`ColumnTyper.check` of an Arrow column block, vectorized where that gives the same answer."""
+        from streaming import vectorized
+
+        typer = self.typers[ci]
+        if typer.current == TEXT or column.null_count == len(column):
+            return []
+        kind = typer.current or typer.guess(vectorized.first_value(column))
+        if kind == TEXT or vectorized.all_fit(column, kind, self.bools, line_breaks):
+            typer.current = kind
+            return []
+        return typer.check(column.to_pylist())
 
     def _clean(self, raw: list[str]) -> tuple[list[str | None], str, bool]:
         """Trim and map null tokens.

@@ -222,6 +222,10 @@ class ColumnTyper:
         self.current = current
         return bad
 
+    def guess(self, value: str) -> str:
+        """The type a new column's first value suggests (what :meth:`check` starts from)."""
+        return self._classify(value)
+
     def _classify(self, value: str) -> str:
         kind = classify(value, self.bool_tokens)
         if kind == TEXT and self.formats:

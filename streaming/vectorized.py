@@ -1,0 +1,131 @@
+"""The row stage's column kernels on Arrow arrays: trim, null tokens, type checks, COPY encoding.
+
+Every function works on a whole column at once (Arrow compute, compiled RE2 patterns), so the common
+case costs no Python per value. The type checks are *sound shortcuts* of :class:`streaming.schema.ColumnTyper`:
+a column block they accept is one the typer accepts, with the same resulting type; a block they do not
+accept goes through the typer value by value, which decides (and explains) exactly as it always has.
+That is what keeps the vectorized stage's result identical to the exact one, row for row.
+
+Pure; runs wherever the row stage runs (executor tasks, or the driver for a small batch).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+# The patterns of streaming.schema, for RE2, which has no lookarounds: the year 0000 is spelled out
+# as the years it excludes, and the mantissa bound of doubles (at most 16 digits and points) as the
+# positions the point can take.
+_YEAR = r"(?:[1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])"
+_DAY = (_YEAR + r"-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)")
+_TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
+_ZONE = r"(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)"
+_INT9 = r"[+-]?(?:0|[1-9]\d{0,8})"
+_INT18 = r"[+-]?(?:0|[1-9]\d{0,17})"
+_DECIMAL = r"[+-]?(?:(?:0|[1-9]\d*)\.\d*|\.\d+)"
+
+
+def _short_decimal(chars: int) -> str:
+    """``(?:0|[1-9]\\d*)\\.\\d*|\\.\\d+`` of at most ``chars`` digits and points."""
+    alternatives = [rf"0\.\d{{0,{chars - 2}}}", rf"\.\d{{1,{chars - 1}}}"]
+    alternatives += [rf"[1-9]\d{{{k - 1}}}\.\d{{0,{chars - 1 - k}}}" for k in range(1, chars)]
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+_MANTISSA16 = rf"(?:0|[1-9]\d{{0,15}}|{_short_decimal(16)})"
+_FLOAT = rf"[+-]?{_MANTISSA16}[eE][+-]?\d{{1,2}}"
+
+# One pattern per type, accepting what the type's pattern in streaming.schema accepts.
+_VALUE = {
+    "integer": _INT9,
+    "bigint": _INT18,
+    "numeric": rf"(?:{_INT18}|{_DECIMAL}|{_FLOAT})",
+    "double precision": rf"(?:{_INT9}|[+-]?{_short_decimal(16)}|{_FLOAT})",
+    "date": _DAY,
+    "timestamp": rf"{_DAY}(?:{_TIME})?",
+    "timestamptz": rf"{_DAY}{_TIME}{_ZONE}",
+}
+_ONE = {t: rf"^(?:{p})$" for t, p in _VALUE.items()}
+_JOINED = {t: rf"\A(?:{p})(?:\n(?:{p}))*\z" for t, p in _VALUE.items()}
+
+
+def clean(raw: pa.Array, nulls: frozenset, empty_is_null: bool) -> pa.Array:
+    """Trim spaces and tabs from both ends, then turn null tokens (and, if asked, empty values) into NULL."""
+    values = pc.utf8_trim(raw, characters=" \t")
+    tokens = [t for t in nulls if t]
+    mask = pc.is_in(values, value_set=pa.array(tokens, pa.string())) if tokens else None
+    if empty_is_null or "" in nulls:
+        empty = pc.equal(pc.binary_length(values), 0)
+        mask = empty if mask is None else pc.or_(mask, empty)
+    if mask is None or not pc.any(mask).as_py():
+        return values
+    return pc.if_else(mask, pa.scalar(None, pa.string()), values)
+
+
+def all_fit(values: pa.Array, kind: str, bool_tokens: frozenset, line_breaks: bool = True) -> bool:
+    """Whether every non-NULL value is one :class:`~streaming.schema.ColumnTyper` accepts for ``kind``
+    without looking further (False means "ask the typer", not "does not fit").
+
+    Without ``line_breaks`` (no value holds one) the values are joined by line breaks and matched in
+    one pass, as the typer does; otherwise each value is matched on its own.
+    """
+    if kind == "boolean":
+        if not bool_tokens or not pc.all(pc.string_is_ascii(values)).as_py():
+            return False
+        lowered = pc.utf8_lower(values)
+        return bool(pc.all(pc.is_in(lowered, value_set=pa.array(sorted(bool_tokens), pa.string()))).as_py())
+    if kind not in _VALUE:
+        return False
+    if line_breaks:
+        return bool(pc.all(pc.match_substring_regex(values, _ONE[kind])).as_py())
+    present = values.drop_null() if values.null_count else values
+    if not len(present):
+        return True
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(present)], pa.int32()), present), "\n")
+    return bool(pc.match_substring_regex(joined, _JOINED[kind])[0].as_py())
+
+
+def first_value(values: pa.Array) -> str | None:
+    """The first non-NULL value, or None."""
+    present = values.drop_null()
+    return present[0].as_py() if len(present) else None
+
+
+def newlines_per_row(columns: list[pa.Array], total: int | None = None) -> tuple[pa.Array | None, set[int]]:
+    """How many line breaks each row's raw values hold (None when none does), and which columns hold
+    any. ``total``, when the caller knows it, is how many there are in all: columns are counted until
+    they are found."""
+    per_row, found, holding = None, 0, set()
+    for ci, col in enumerate(columns):
+        if total is not None and found >= total:
+            break
+        counts = pc.count_substring(col, "\n")
+        in_column = pc.sum(counts).as_py() or 0
+        if not in_column:
+            continue
+        holding.add(ci)
+        found += in_column
+        per_row = counts if per_row is None else pc.add(per_row, counts)
+    return per_row, holding
+
+
+def positions(first: int, rows: int, newlines: pa.Array | None) -> pa.Array:
+    """Each row's first physical line: rows follow each other, each taking one line plus its values'
+    line breaks."""
+    base = pa.array(range(first, first + rows), pa.int64())
+    if newlines is None:
+        return base
+    before = pc.subtract(pc.cumulative_sum(newlines.cast(pa.int64())), newlines.cast(pa.int64()))
+    return pc.add(base, before)
+
+
+def copy_csv(columns: list[pa.Array], names: list[str]) -> bytes:
+    """The rows as ``COPY ... (FORMAT csv)`` input: NULL as an unquoted empty field, text quoted."""
+    table = pa.Table.from_arrays(columns, names=names)
+    out = io.BytesIO()
+    pcsv.write_csv(table, out, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue()
