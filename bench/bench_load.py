@@ -9,7 +9,9 @@ fields, leading-zero codes, non-ASCII text), then times
   (d) the same file into an upsert dataset (``primary_key: [order_id]``), first into an empty table,
       then again with every tenth row changed;
 
-and prints rows/s and the ratio to (a) for (b) and (d) (1.0 = as fast as psql), with the peak
+and prints rows/s and the ratio to (a) for (b) and (d) (1.0 = as fast as psql), where each large
+load's time went (detect: drop to batch start; stage, with the tasks' parse / clean_type / copy
+seconds; merge; catalog and commit), with the peak
 resident memory of the whole process tree (this process, the JVM and Spark's Python workers)
 during each large load. ``--memory-rows N`` adds a load of an N-row file (8,000,000 rows is about
 1 GB) and compares its peak memory with the 1,000,000-row file's.
@@ -125,6 +127,48 @@ class PeakMemory:
         self._thread.join()
 
 
+class Phases:
+    """Where each large load's time goes: the daemon's phase marks (its progress hook) and the stage
+    tasks' own split of their time (the log line the landing source writes for each batch)."""
+
+    def __init__(self):
+        import logging
+
+        self.marks: list[tuple[str, float]] = []
+        self.tasks: list[str] = []
+        self.last = ""  # the report of the last load
+        phases = self
+
+        class Capture(logging.Handler):
+            def emit(self, record):
+                message = record.getMessage()
+                if "task seconds:" in message:
+                    phases.tasks.append(message.split("task seconds: ", 1)[1])
+
+        logging.getLogger("connectors.files").addHandler(Capture(logging.INFO))
+        logging.getLogger("connectors.files").setLevel(logging.INFO)
+
+    def progress(self, phase: str, _value) -> None:
+        self.marks.append((phase, time.perf_counter()))
+
+    def start(self) -> float:
+        self.marks.clear()
+        self.tasks.clear()
+        return time.perf_counter()
+
+    def report(self, dropped: float, visible: float) -> str:
+        at = {}
+        for phase, t in self.marks:
+            at.setdefault(phase, t)
+        if not {"stage", "merge", "catalog"} <= set(at):
+            return "    phases: not recorded"
+        detect, stage = at["stage"] - dropped, at["merge"] - at["stage"]
+        merge, catalog = at["catalog"] - at["merge"], visible - at["catalog"]
+        tasks = f" ({'; '.join(self.tasks)}, summed over tasks)" if self.tasks else ""
+        return (f"    phases: detect {detect:.2f} s, stage {stage:.2f} s{tasks}, merge {merge:.2f} s, "
+                f"catalog + commit {catalog:.2f} s (catalog share {catalog / (visible - dropped):.0%})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -163,6 +207,8 @@ def main() -> int:
 
         ensure_catalog(args.dsn, catalog, schema)
         daemon = Daemon(settings, args.dsn)
+        phases = Phases()
+        daemon.ctx.progress = phases.progress
         thread = threading.Thread(target=daemon.run, daemon=True)
         thread.start()
         conn = psycopg2.connect(args.dsn)
@@ -182,12 +228,14 @@ def main() -> int:
             staged = folder / f".{uuid.uuid4().hex}.tmp"
             shutil.copyfile(source, staged)
             started = time.perf_counter()
+            phases.start()
             staged.rename(folder / f"{uuid.uuid4().hex}.csv")  # the moment the file is dropped
             deadline = started + timeout
             while committed_rows(dataset) < before + expect:
                 if time.perf_counter() > deadline:
                     raise SystemExit(f"timed out waiting for {dataset}")
                 time.sleep(0.005)
+            phases.last = phases.report(started, time.perf_counter())
             return time.perf_counter() - started
 
         small = work / "small.csv"
@@ -201,6 +249,7 @@ def main() -> int:
         peak_big = memory.peak
         print(f"(b) warm daemon          {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
               f"{floor / seconds:5.2f}   peak RSS {peak_big / 2**20:6.0f} MiB", flush=True)
+        print(phases.last, flush=True)
 
         latencies = [drop_and_wait("events", small, 100) for _ in range(args.small_files + 2)][2:]
         latencies.sort()
@@ -217,6 +266,7 @@ def main() -> int:
                 seconds = drop_and_wait("orders_upsert", source, big_rows)
             print(f"{label:24s} {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
                   f"{floor / seconds:5.2f}   peak RSS {memory.peak / 2**20:6.0f} MiB", flush=True)
+            print(phases.last, flush=True)
         if args.memory_rows:
             large = work / "orders_large.csv"
             generate(large, args.memory_rows, seed=13)
@@ -225,6 +275,7 @@ def main() -> int:
             print(f"(e) {large.stat().st_size / 1e9:.2f} GB file        {seconds:7.2f} s  "
                   f"{args.memory_rows / seconds:>12,.0f} rows/s   peak RSS {memory.peak / 2**20:6.0f} MiB "
                   f"({memory.peak / peak_big:.2f} x the {big.stat().st_size / 1e6:.0f} MB file's)", flush=True)
+            print(phases.last, flush=True)
         daemon.request_stop()
         thread.join(timeout=120)
         conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
 from collections.abc import Callable, Iterator
 
 from connectors.postgres import is_transient, stage_names
@@ -73,6 +74,7 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
             ).format(quarantine))
             csv_format = sql.SQL(" WITH (FORMAT csv)" if parsed.copy_format == "csv" else "")
             reader = _IterReader(parsed.copy_chunks())
+            started = time.perf_counter()
             try:
                 cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, cols, csv_format).as_string(cur),
                                 reader, size=1 << 16)
@@ -80,6 +82,9 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
                 if reader.failure is not None:  # the input's own error, which psycopg2 reports as its own
                     raise reader.failure from None
                 raise
+            timings = parsed.timings
+            timings["parse"] += max(0.0, reader.producing - timings["clean_type"])
+            timings["copy"] += max(0.0, time.perf_counter() - started - reader.producing)
             parsed.quarantine.seek(0)
             cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
     finally:
@@ -94,8 +99,10 @@ class _IterReader(io.RawIOBase):
     def __init__(self, chunks: Iterator[str | bytes]):
         self.chunks = chunks
         self.failure: BaseException | None = None  # what the iterator raised (COPY is then aborted)
+        self.producing = 0.0  # seconds spent in the iterator
 
     def read(self, size: int = -1):  # noqa: ARG002 - COPY accepts chunks of any length
+        started = time.perf_counter()
         try:
             for chunk in self.chunks:
                 if chunk:
@@ -103,6 +110,8 @@ class _IterReader(io.RawIOBase):
         except Exception as exc:
             self.failure = exc
             raise
+        finally:
+            self.producing += time.perf_counter() - started
         return ""
 
     readline = read
@@ -134,7 +143,7 @@ def _stage_rows(task: StageTask, names: list[str], rows: list[tuple]) -> StageRe
     copy_to_stage(task, parsed)
     return mismatch_report(task, parsed) or StageReport(
         task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
-        quarantined_rows=parsed.quarantined)
+        quarantined_rows=parsed.quarantined, timings=parsed.timings)
 
 
 def stage_dataframe(df, template: StageTask, token: str) -> list[StageReport]:

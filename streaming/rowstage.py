@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -116,6 +117,9 @@ class StageReport:
     quarantine_table: str = ""
     bad_cut: bool = False  # the part ended inside a quoted field: its cut was not a record boundary
     diff: dict | None = None  # policy fail: how the file differs from the table
+    # Seconds the task spent reading its input ("parse"), cleaning and typing it ("clean_type") and
+    # waiting for PostgreSQL to take the rows ("copy").
+    timings: dict = dataclasses.field(default_factory=dict)
 
     @property
     def rows_in(self) -> int:
@@ -160,6 +164,7 @@ class RowStage:
         self.staged = 0
         self.quarantined = 0
         self.bad_cut = False
+        self.timings = {"parse": 0.0, "clean_type": 0.0, "copy": 0.0}  # see StageReport.timings
         self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         self.source_names: list[str] = []
         self.columns: list[str] = []  # for quarantine records until the columns are known
@@ -250,6 +255,13 @@ class RowStage:
     def block(self, columns: list[list[str]], positions: list[int]) -> str:
         """Clean, type and quarantine a block of rows given as columns of raw text; the COPY text of
         the rows that load. ``positions[i]`` is row ``i``'s line (file) or index (records)."""
+        started = time.perf_counter()
+        try:
+            return self._block(columns, positions)
+        finally:
+            self.timings["clean_type"] += time.perf_counter() - started
+
+    def _block(self, columns: list[list[str]], positions: list[int]) -> str:
         rows = _Rows(columns)
         lines = positions
         bad: dict[int, tuple[int, str]] = {}
@@ -312,6 +324,13 @@ class RowStage:
         do not accept is typed value by value, so the result is the one :meth:`block` gives. Not for
         the ``rescue`` policy (see :attr:`vectorized`).
         """
+        started = time.perf_counter()
+        try:
+            return self._arrow_block(raw, first_line, line_breaks)
+        finally:
+            self.timings["clean_type"] += time.perf_counter() - started
+
+    def _arrow_block(self, raw: list, first_line: int, line_breaks: int | None) -> bytes:
         import pyarrow as pa
         import pyarrow.compute as pc
 

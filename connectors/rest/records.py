@@ -163,7 +163,7 @@ def _stage_records(task: StageTask, rows) -> StageReport:
     copy_to_stage(task, parsed)
     return mismatch_report(task, parsed) or StageReport(
         task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
-        quarantined_rows=parsed.quarantined)
+        quarantined_rows=parsed.quarantined, timings=parsed.timings)
 
 
 def run_records_task(task: StageTask, rows: Iterable[tuple[str, int]]) -> StageReport:
