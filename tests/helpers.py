@@ -19,6 +19,16 @@ def load(settings, dataset: str, *paths, spark=None, stream: str | None = None, 
     return load_files(ctx, dataset, files, stream or f"test:{uuid.uuid4()}", batch_id)
 
 
-def accounted(result) -> bool:
-    """Every input row is loaded, quarantined, or counted as a removed duplicate."""
+def accounted(result, db=None, rows: int | None = None) -> bool:
+    """Every input row is loaded, quarantined, or counted as a removed duplicate.
+
+    The load's own counts add up by construction; what makes the check worth something are the
+    independent sides: ``rows``, the input rows as the test counted them, and with ``db`` the
+    quarantine rows the load actually wrote.
+    """
+    if rows is not None and rows != result.loaded + result.quarantined + result.duplicates:
+        return False
+    if db is not None and db.scalar("SELECT count(*) FROM {c}.quarantine WHERE load_id = %s",
+                                    (result.load_id,)) != result.quarantined:
+        return False
     return result.rows_in == result.loaded + result.quarantined + result.duplicates

@@ -45,7 +45,7 @@ def test_ragged_rows_are_quarantined_with_the_field_count(db, make_settings):
 
 def test_unbalanced_quotes_cost_one_row_each(db, make_settings):
     result = load(make_settings(), "quotes", CORPUS / "unbalanced_quotes.csv")
-    assert accounted(result)
+    assert accounted(result, db)
     loaded = db.query("SELECT id, comment FROM {s}.quotes ORDER BY id")
     assert (1, "fine") in loaded and (3, "ok") in loaded and (4, "quoted, with comma") in loaded
     assert (5, 'bad"quote') in loaded  # a quote inside an unquoted field is literal text

@@ -49,7 +49,7 @@ def test_every_row_is_accounted_for(db, make_settings, tmp_path_factory, data):
         assert result.files[0]["reason"] in {"empty", "header_only", "binary"}
         return
     assert result.rows_in == n_rows
-    assert accounted(result)
+    assert accounted(result, db, rows=n_rows)
     table_rows = db.scalar(f'SELECT count(*) FROM "{db.schema}"."{dataset}"')
     assert table_rows == result.loaded
     assert db.scalar("SELECT count(*) FROM {c}.quarantine WHERE dataset = %s", (dataset,)) == result.quarantined
