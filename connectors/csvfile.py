@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Iterator
 
+from connectors import csvfast
 from connectors.csvfast import ArrowFile, NeedsExactReader, supports
 from connectors.staging import copy_to_stage, run_stage_task
 from streaming.errors import FileRejected
@@ -77,12 +78,13 @@ def _stage_file(task: StageTask) -> StageReport:
 
 
 def _vectorized(task: StageTask, encoding: str) -> ArrowFile | None:
-    """The vectorized reader for the task, or None where only the exact reader can read the file:
-    an encoding that is not byte-compatible with ASCII, one column, a header it cannot find in the
-    file's first bytes, or lines that end with a bare CR."""
-    if not supports(encoding):
-        return None
+    """The vectorized reader for the task, or None where the exact reader reads the file: a small
+    file (as fast either way), an encoding that is not byte-compatible with ASCII, one column, a
+    header it cannot find in the file's first bytes, or lines that end with a bare CR."""
     source = _input(task)
+    size = (task.end if task.end is not None else _size(source)) - task.start
+    if not supports(encoding) or size < csvfast.MIN_BYTES:
+        return None
     if task.header is not None:  # a part of a large file: the plan found the header
         header, delimiter = list(task.header), task.delimiter
         start, end, first_line = task.start, task.end, task.first_line

@@ -24,7 +24,9 @@ def run_stage_task(task: StageTask, stage: Callable[[StageTask], StageReport]) -
     executor (or the driver); ``task`` arrived pickled, the report goes back pickled.
     """
     report = _run(task, stage)
-    report.stage_table, report.quarantine_table = task.stage_table, task.quarantine_table
+    # The quarantine table exists only when rows were quarantined (see copy_to_stage).
+    report.stage_table = task.stage_table
+    report.quarantine_table = task.quarantine_table if report.quarantined_rows else ""
     return report
 
 
@@ -62,6 +64,10 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
         with conn, conn.cursor() as cur:
             from psycopg2 import sql
 
+            # Staging tables are throwaway (UNLOGGED, and a lost batch is staged again): their commit
+            # need not wait for the WAL flush.
+            cur.execute("SET LOCAL synchronous_commit = off")
+
             stage = sql.Identifier(task.stage_schema, task.stage_table)
             quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
             names = [sql.Identifier(f"c{i}") for i in range(len(parsed.out_names))]
@@ -69,9 +75,6 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
                 stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} text").format(n) for n in names)])))
-            cur.execute(sql.SQL(
-                "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
-            ).format(quarantine))
             csv_format = sql.SQL(" WITH (FORMAT csv)" if parsed.copy_format == "csv" else "")
             reader = _IterReader(parsed.copy_chunks())
             started = time.perf_counter()
@@ -85,8 +88,12 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
             timings = parsed.timings
             timings["parse"] += max(0.0, reader.producing - timings["clean_type"])
             timings["copy"] += max(0.0, time.perf_counter() - started - reader.producing)
-            parsed.quarantine.seek(0)
-            cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
+            if parsed.quarantined:  # most inputs have nothing to quarantine: no table (and no DDL) for them
+                cur.execute(sql.SQL(
+                    "CREATE UNLOGGED TABLE {} (line bigint, column_name text, raw_value text, reason text, record jsonb)"
+                ).format(quarantine))
+                parsed.quarantine.seek(0)
+                cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
     finally:
         conn.close()
         parsed.close()
