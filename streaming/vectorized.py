@@ -12,6 +12,7 @@ Pure; runs wherever the row stage runs (executor tasks, or the driver for a smal
 from __future__ import annotations
 
 import io
+import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -103,6 +104,8 @@ def newlines_per_row(columns: list[pa.Array], total: int | None = None) -> tuple
     for ci, col in enumerate(columns):
         if total is not None and found >= total:
             break
+        if not _may_hold(col, b"\n"):
+            continue
         counts = pc.count_substring(col, "\n")
         in_column = pc.sum(counts).as_py() or 0
         if not in_column:
@@ -113,10 +116,27 @@ def newlines_per_row(columns: list[pa.Array], total: int | None = None) -> tuple
     return per_row, holding
 
 
+def _may_hold(column: pa.Array, needle: bytes) -> bool:
+    """Whether a string column's bytes may hold ``needle`` (a byte search over its data buffer, which
+    may hold more than the column's own values: false positives only)."""
+    data = column.buffers()[2] if column.type == pa.string() else None
+    return data is None or re.compile(re.escape(needle)).search(memoryview(data)) is not None
+
+
+_RANGE = pa.array([], pa.int64())
+
+
+def _range(rows: int) -> pa.Array:
+    global _RANGE
+    if len(_RANGE) < rows:
+        _RANGE = pa.array(range(max(rows, 2 * len(_RANGE))), pa.int64())
+    return _RANGE.slice(0, rows)
+
+
 def positions(first: int, rows: int, newlines: pa.Array | None) -> pa.Array:
     """Each row's first physical line: rows follow each other, each taking one line plus its values'
     line breaks."""
-    base = pa.array(range(first, first + rows), pa.int64())
+    base = pc.add(_range(rows), first)
     if newlines is None:
         return base
     before = pc.subtract(pc.cumulative_sum(newlines.cast(pa.int64())), newlines.cast(pa.int64()))
