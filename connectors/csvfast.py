@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import time
 from collections.abc import Iterator
 
 from streaming.rowstage import RowStage, StageTask
@@ -78,36 +79,71 @@ class ArrowFile(RowStage):
         self.open_range = open_range
         self.field_limit = max(csv.field_size_limit(), int(task.options.get("max_field_bytes", 64 << 20)))
 
-    def copy_chunks(self) -> Iterator[bytes]:
+    def prepare(self) -> None:
+        """Read the whole range: rows that load are kept, cleaned, in a local Arrow IPC file (memory
+        follows the block), so that the staging table can be created with the types the rows have.
+
+        Raises:
+            NeedsExactReader: the input holds something only the exact reader reports exactly.
+        """
+        import tempfile
+
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.csv as pcsv
 
         if not self.vectorized:
             raise NeedsExactReader("the rescue policy")
+        started, typing_before = time.perf_counter(), self.timings["clean_type"]
         names = [f"f{i}" for i in range(len(self.columns))]
         parse = pcsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True, ignore_empty_lines=False)
         convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False,
                                       quoted_strings_can_be_null=False)
         pattern = grammar(self.delimiter)
         transcode = codecs.lookup(self.encoding).name not in ("utf-8", "utf-8-sig")
-        for block, line in self._blocks():
-            if transcode:
-                block = block.decode(self.encoding).encode("utf-8")
-            if not pc.match_substring_regex(pa.array([block], pa.binary()), pattern)[0].as_py():
-                raise NeedsExactReader(f"line {line}: the block is not plain RFC 4180")
-            try:
-                table = pcsv.read_csv(pa.py_buffer(block),
-                                      read_options=pcsv.ReadOptions(column_names=names,
-                                                                    block_size=max(1 << 20, len(block) // 2 + 1)),
-                                      parse_options=parse, convert_options=convert)
-            except pa.ArrowInvalid as exc:  # ragged rows, blank lines
-                raise NeedsExactReader(f"line {line}: {exc}") from None
-            columns = [table.column(i).combine_chunks() for i in range(len(names))]
-            for column in columns:
-                if len(column) and pc.max(pc.binary_length(column)).as_py() > self.field_limit:
-                    raise NeedsExactReader(f"line {line}: a field is over the size limit")
-            yield self.arrow_block(columns, line, block.count(b"\n") - table.num_rows)
+        schema = pa.schema([("_ord", pa.int64()), *((f"c{i}", pa.string()) for i in range(len(self.out_positions)))])
+        self.spool = tempfile.TemporaryFile(prefix="dataops-stage-")
+        with pa.ipc.new_stream(pa.PythonFile(self.spool, mode="w"), schema) as writer:
+            for block, line in self._blocks():
+                if transcode:
+                    block = block.decode(self.encoding).encode("utf-8")
+                if not pc.match_substring_regex(pa.array([block], pa.binary()), pattern)[0].as_py():
+                    raise NeedsExactReader(f"line {line}: the block is not plain RFC 4180")
+                try:
+                    table = pcsv.read_csv(pa.py_buffer(block),
+                                          read_options=pcsv.ReadOptions(column_names=names,
+                                                                        block_size=max(1 << 20, len(block) // 2 + 1)),
+                                          parse_options=parse, convert_options=convert)
+                except pa.ArrowInvalid as exc:  # ragged rows, blank lines
+                    raise NeedsExactReader(f"line {line}: {exc}") from None
+                columns = [table.column(i).combine_chunks() for i in range(len(names))]
+                for column in columns:
+                    if len(column) and pc.max(pc.binary_length(column)).as_py() > self.field_limit:
+                        raise NeedsExactReader(f"line {line}: a field is over the size limit")
+                rows = self.arrow_block(columns, line, block.count(b"\n") - table.num_rows)
+                if rows is not None:
+                    writer.write_batch(pa.record_batch(rows, schema=schema))
+        self.staged_types = self.staging_types(self.task.text_columns)
+        self.timings["parse"] += time.perf_counter() - started - (self.timings["clean_type"] - typing_before)
+
+    def copy_chunks(self) -> Iterator[bytes]:
+        """The kept rows as ``COPY ... (FORMAT csv)`` text for the typed staging table, a block at a time."""
+        import pyarrow as pa
+
+        from streaming import vectorized
+
+        true_tokens = self.task.options.get("true_tokens", ())
+        self.spool.seek(0)
+        with pa.ipc.open_stream(pa.PythonFile(self.spool, mode="r")) as reader:
+            for batch in reader:
+                columns = [batch.column(0)] + [vectorized.staged(batch.column(i + 1), kind, true_tokens)
+                                               for i, kind in enumerate(self.staged_types)]
+                yield vectorized.copy_csv(columns, batch.schema.names)
+
+    def close(self) -> None:
+        if getattr(self, "spool", None) is not None:
+            self.spool.close()
+        super().close()
 
     def _blocks(self) -> Iterator[tuple[bytes, int]]:
         """The range's bytes in blocks of whole records (if the quote count does not mislead; the

@@ -22,7 +22,7 @@ from streaming.batch import LoadContext, drop_reports, load_batch
 from streaming.config import CsvOptions
 from streaming.errors import FileRejected
 from streaming.naming import normalize_dataset_name
-from streaming.rowstage import ByteSource, StageReport, StageTask
+from streaming.rowstage import ByteSource, StageReport, StageTask, restage_as_text
 from streaming.sources import Batch, Dataset
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _run_tasks(ctx: LoadContext, planned: list[StageTask | StageReport], local: 
     if not tasks:
         return done
     if local:
-        return done + [run_file_task(t) for t in tasks]
+        return done + _restage_as_text(ctx, tasks, [run_file_task(t) for t in tasks], True)
     reports = _spark_job(ctx, tasks)
     reports = _reject_whole_files(ctx, reports)
     bad = {r.seq for r in reports if r.bad_cut}
@@ -132,7 +132,29 @@ def _run_tasks(ctx: LoadContext, planned: list[StageTask | StageReport], local: 
         log.info("dataset=%s: re-parsing %s in one piece (a part boundary fell inside a quoted field)",
                  tasks[0].dataset, ", ".join(t.name for t in redo))
         reports = [r for r in reports if r.seq not in bad] + _spark_job(ctx, redo)
+        tasks = tasks + redo
+    reports = _restage_as_text(ctx, tasks, reports, local)
     return done + reports
+
+
+def _restage_as_text(ctx: LoadContext, tasks: list[StageTask], reports: list[StageReport],
+                     local: bool) -> list[StageReport]:
+    """Stage again, with those columns as text, the inputs whose typed staging columns the merge
+    could not cast exactly to the batch's type (another file or part holds text in the column)."""
+    redo = restage_as_text(reports)
+    if not redo:
+        return reports
+    by_table = {t.stage_table: t for t in tasks}
+    again = []
+    for i, columns in redo.items():
+        task = by_table[reports[i].stage_table]
+        again.append(dataclasses.replace(task, stage_table=task.stage_table + "t",
+                                         quarantine_table=task.quarantine_table + "t", text_columns=columns))
+    drop_reports(ctx, [reports[i] for i in redo])
+    log.info("dataset=%s: staging %d input(s) again with columns as text (%s), as other inputs hold text there",
+             tasks[0].dataset, len(again), ", ".join(sorted({c for cs in redo.values() for c in cs})))
+    staged = [run_file_task(t) for t in again] if local else _spark_job(ctx, again)
+    return [r for i, r in enumerate(reports) if i not in redo] + staged
 
 
 def _reject_whole_files(ctx: LoadContext, reports: list[StageReport]) -> list[StageReport]:

@@ -15,7 +15,7 @@ import psycopg2
 from psycopg2 import sql
 
 from connectors import profile, stats
-from streaming.rowstage import RESCUED, StageReport
+from streaming.rowstage import EXACT_CASTS, RESCUED, StageReport
 from streaming.config import PG_TYPES
 from streaming.errors import BatchDataError, SchemaError, SinkError, TransientSinkError
 from streaming.naming import normalize_identifier
@@ -463,7 +463,7 @@ def _quarantine_rejected(cur, plan: MergePlan, load_id: int) -> int:
         # jsonb_object takes two arrays: no limit on the number of columns (function arguments have one).
         record = sql.SQL("jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])").format(
             sql.SQL(", ").join(sql.Literal(c[0]) for c in r.columns),
-            sql.SQL(", ").join(sql.Identifier(f"c{i}") for i in range(len(r.columns))))
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(f"c{i}")) for i in range(len(r.columns))))
         cur.execute(sql.SQL(
             "INSERT INTO {cat}.quarantine (load_id, dataset, file, line, reason, record) "
             "SELECT %s, %s, %s, _ord, %s, {rec} FROM {stage} ORDER BY _ord").format(
@@ -621,8 +621,8 @@ def _record_columns(cur, plan: MergePlan, columns: dict[str, str], sources: dict
         ).format(cat, cat), (plan.dataset, name, sources.get(name, name), kind, name not in plan.primary_key, ordinal))
 
 
-def _cast(column: str, kind: str, true_tokens: Sequence[str]) -> sql.Composable:
-    ident = sql.Identifier(column)
+def _cast(ident: sql.Composable, kind: str, true_tokens: Sequence[str]) -> sql.Composable:
+    """A text staging value as ``kind``."""
     if kind == "text":
         return ident
     if kind == "boolean":
@@ -641,21 +641,30 @@ def _source_query(plan: MergePlan, staged: list[StageReport], columns: dict[str,
         select = [sql.SQL("{} AS _seq, _ord").format(sql.Literal(report.seq))]
         for name, kind in columns.items():
             if name not in positions:
-                select.append(sql.SQL("NULL::text AS {}").format(sql.Identifier(name)))
+                select.append(sql.SQL("NULL::{} AS {}").format(_type_sql(kind), sql.Identifier(name)))
                 continue
             value = sql.Identifier(f"c{positions[name]}")
+            staged_as = report.staged_types[positions[name]] if report.staged_types else "text"
+            if staged_as != "text":
+                # A typed staging column: as it is, or widened along its chain (integer -> numeric, ...).
+                if staged_as != kind and (staged_as, kind) not in EXACT_CASTS:
+                    raise SinkError(f"dataset {plan.dataset}: {report.name} staged {name} as {staged_as}, "
+                                    f"which does not widen to {kind}")
+                select.append(sql.SQL("{} AS {}").format(
+                    value if staged_as == kind else sql.SQL("{}::{}").format(value, _type_sql(kind)),
+                    sql.Identifier(name)))
+                continue
             date_format = report.columns[positions[name]][3]
             if date_format and kind in ("date", "timestamp", "timestamptz"):
                 # Values in the file's configured format become ISO text; ISO values pass through.
                 value = sql.SQL("CASE WHEN {v} ~ '^\\d{{4}}-\\d{{2}}-\\d{{2}}' THEN {v} "
                                 "ELSE to_char(to_timestamp({v}, {f}), 'YYYY-MM-DD HH24:MI:SS.US') END").format(
                     v=value, f=sql.Literal(pg_format(date_format)))
-            select.append(sql.SQL("{} AS {}").format(value, sql.Identifier(name)))
+            select.append(sql.SQL("{} AS {}").format(_cast(value, kind, plan.true_tokens), sql.Identifier(name)))
         parts.append(sql.SQL("SELECT {} FROM {}").format(
             sql.SQL(", ").join(select), sql.Identifier(plan.stage_schema, report.stage_table)))
-    casts = [sql.SQL("{} AS {}").format(_cast(c, t, plan.true_tokens), sql.Identifier(c)) for c, t in columns.items()]
     return sql.SQL("SELECT _seq, _ord, {} FROM ({}) raw").format(
-        sql.SQL(", ").join(casts), sql.SQL(" UNION ALL ").join(parts))
+        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.SQL(" UNION ALL ").join(parts))
 
 
 def _null_row(columns: dict[str, str]) -> sql.Composable:

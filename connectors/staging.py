@@ -58,26 +58,32 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
     """Create the task's staging and quarantine tables and COPY the parsed rows into them."""
     import psycopg2
 
-    conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
-    conn.set_client_encoding("UTF8")  # the row stage's COPY text is UTF-8, whatever the server's default
+    conn = None
     try:
+        parsed.prepare()
+        conn = psycopg2.connect(task.dsn, application_name="dataops-stage", connect_timeout=10)
+        conn.set_client_encoding("UTF8")  # the row stage's COPY text is UTF-8, whatever the server's default
         with conn, conn.cursor() as cur:
             from psycopg2 import sql
 
             # Staging tables are throwaway (UNLOGGED, and a lost batch is staged again): their commit
             # need not wait for the WAL flush.
             cur.execute("SET LOCAL synchronous_commit = off")
+            # Typed staging columns read timestamps as the merge does (timestamptz values without a zone are UTC).
+            cur.execute("SET LOCAL TimeZone = 'UTC'")
 
             stage = sql.Identifier(task.stage_schema, task.stage_table)
             quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
             names = [sql.Identifier(f"c{i}") for i in range(len(parsed.out_names))]
             cols = sql.SQL(", ").join([sql.Identifier("_ord"), *names])
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
+            types = parsed.staged_types or ["text"] * len(names)
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
-                stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} text").format(n) for n in names)])))
+                stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} {}").format(n, sql.SQL(t))
+                                                                    for n, t in zip(names, types))])))
             csv_format = sql.SQL(" WITH (FORMAT csv)" if parsed.copy_format == "csv" else "")
             reader = _IterReader(parsed.copy_chunks())
-            started = time.perf_counter()
+            started, typing_before = time.perf_counter(), parsed.timings["clean_type"]
             try:
                 cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, cols, csv_format).as_string(cur),
                                 reader, size=1 << 16)
@@ -86,7 +92,7 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
                     raise reader.failure from None
                 raise
             timings = parsed.timings
-            timings["parse"] += max(0.0, reader.producing - timings["clean_type"])
+            timings["parse"] += max(0.0, reader.producing - (timings["clean_type"] - typing_before))
             timings["copy"] += max(0.0, time.perf_counter() - started - reader.producing)
             if parsed.quarantined:  # most inputs have nothing to quarantine: no table (and no DDL) for them
                 cur.execute(sql.SQL(
@@ -95,7 +101,8 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
                 parsed.quarantine.seek(0)
                 cur.copy_expert(sql.SQL("COPY {} FROM STDIN").format(quarantine).as_string(cur), parsed.quarantine)
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
         parsed.close()
 
 

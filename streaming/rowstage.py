@@ -26,6 +26,33 @@ from streaming.schema import TEXT, ColumnTyper, bool_token_set
 CHUNK_ROWS = 2000
 MAX_COLUMNS = 1599  # PostgreSQL's 1600 columns per table, less the staging table's row position
 RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
+# Types a staging column may have (values the row stage accepted load into them as they are).
+STAGED_TYPES = ("integer", "bigint", "numeric", "double precision", "date", "timestamp", "timestamptz", "boolean")
+# A typed staging column the merge may cast to a wider type with the result a text one would give
+# (double -> numeric is not one: 1.000e+02 is 100.0 as text, 100 as a double).
+EXACT_CASTS = {("integer", "bigint"), ("integer", "numeric"), ("bigint", "numeric"), ("integer", "double precision"),
+               ("date", "timestamp")}
+
+
+def restage_as_text(reports: list["StageReport"]) -> dict[int, tuple]:
+    """Which reports must be staged again with some columns as text: a column typed in one input and
+    of a type it cannot be cast to exactly in the batch (another input holds text, say). Returns
+    report index -> the columns to stage as text."""
+    from streaming.schema import join
+
+    joined: dict[str, str | None] = {}
+    for r in reports:
+        for name, _, kind, _ in (r.columns if r.status == "staged" else ()):
+            joined[name] = join(joined[name], kind) if joined.get(name) else kind
+    redo = {}
+    for i, r in enumerate(reports):
+        if r.status != "staged" or not r.staged_types:
+            continue
+        names = tuple(c[0] for c, staged in zip(r.columns, r.staged_types)
+                      if staged != TEXT and joined.get(c[0]) != staged and (staged, joined.get(c[0])) not in EXACT_CASTS)
+        if names:
+            redo[i] = names
+    return redo
 _WS = " \t"
 
 
@@ -95,6 +122,7 @@ class StageTask:
     delimiter: str | None = None
     last_part: bool = True
     source: ByteSource | None = None  # where the bytes are, when not the local file ``path``
+    text_columns: tuple = ()  # columns to stage as text whatever their type (another input of the batch is text)
 
 
 
@@ -117,6 +145,7 @@ class StageReport:
     quarantine_table: str = ""
     bad_cut: bool = False  # the part ended inside a quoted field: its cut was not a record boundary
     diff: dict | None = None  # policy fail: how the file differs from the table
+    staged_types: list | None = None  # the staging columns' types (None: all text, cast by the merge)
     # Seconds the task spent reading its input ("parse"), cleaning and typing it ("clean_type") and
     # waiting for PostgreSQL to take the rows ("copy").
     timings: dict = dataclasses.field(default_factory=dict)
@@ -153,6 +182,7 @@ class RowStage:
     """
 
     copy_format = "text"  # what copy_chunks yields: COPY text format (str), or "csv" (UTF-8 bytes)
+    staged_types: list | None = None  # the staging table's column types after prepare() (None: all text)
 
     def __init__(self, task: StageTask, nulls: frozenset, empty_is_null: bool | None = None):
         import tempfile
@@ -192,6 +222,10 @@ class RowStage:
             task = dataclasses.replace(task, hints={**task.hints, **hints})
         self._setup_columns(task, task.options)
         self.key_positions = [self.columns.index(k) for k in task.primary_key if k in self.columns]
+
+    def prepare(self) -> None:
+        """Work done before the staging table is created (a reader that decides the staging types
+        from all of its input reads it here)."""
 
     def copy_chunks(self) -> Iterator[str]:
         """COPY text of every row, a block at a time (tab-separated, ``\\N`` for NULL)."""
@@ -315,10 +349,11 @@ class RowStage:
         encoded = [_copy_column(col, *j) for col, j in zip(out_columns, joins)]
         return "\n".join(map("\t".join, zip(map(str, lines), *encoded))) + "\n"
 
-    def arrow_block(self, raw: list, first_line: int, line_breaks: int | None = None) -> bytes:
+    def arrow_block(self, raw: list, first_line: int, line_breaks: int | None = None) -> list | None:
         """:meth:`block` on Arrow string arrays (one per column, no NULLs) whose rows follow each other
-        from physical line ``first_line``; the ``COPY ... (FORMAT csv)`` text of the rows that load.
-        ``line_breaks`` is how many line breaks the values hold in all, when the caller knows.
+        from physical line ``first_line``: the rows that load, as arrays (their positions, then the
+        staged columns' cleaned values), or None when none does. ``line_breaks`` is how many line
+        breaks the values hold in all, when the caller knows.
 
         Whole columns go through :mod:`streaming.vectorized`; only a column block the vectorized checks
         do not accept is typed value by value, so the result is the one :meth:`block` gives. Not for
@@ -330,7 +365,7 @@ class RowStage:
         finally:
             self.timings["clean_type"] += time.perf_counter() - started
 
-    def _arrow_block(self, raw: list, first_line: int, line_breaks: int | None) -> bytes:
+    def _arrow_block(self, raw: list, first_line: int, line_breaks: int | None) -> list | None:
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -364,9 +399,19 @@ class RowStage:
             keep = pc.invert(pc.is_in(pa.array(range(rows), pa.int64()), value_set=pa.array(sorted(bad), pa.int64())))
             out = [pc.filter(c, keep) for c in out]
         self.staged += rows - len(bad)
-        if rows == len(bad):
-            return b""
-        return vectorized.copy_csv(out, ["_ord", *(f"c{i}" for i in range(len(out) - 1))])
+        return out if rows > len(bad) else None
+
+    def staging_types(self, text_columns=()) -> list[str]:
+        """The type each staged column can be staged as, so that the merge casts nothing: the inferred
+        or fixed type where PostgreSQL reads the cleaned values as they are (ISO dates, numbers,
+        booleans converted by :func:`streaming.vectorized.staged`), else text."""
+        out = []
+        for i in self.out_positions:
+            typer = self.typers[i]
+            kind = typer.current
+            typed = kind in STAGED_TYPES and typer.format is None and self.columns[i] not in text_columns
+            out.append(kind if typed else TEXT)
+        return out
 
     @property
     def vectorized(self) -> bool:

@@ -143,6 +143,15 @@ def positions(first: int, rows: int, newlines: pa.Array | None) -> pa.Array:
     return pc.add(base, before)
 
 
+def staged(values: pa.Array, kind: str, true_tokens) -> pa.Array:
+    """A cleaned column as its staging column takes it: booleans as booleans (the values are known to
+    be true or false tokens), everything else as the text PostgreSQL parses."""
+    if kind != "boolean":
+        return values
+    truth = pc.is_in(pc.utf8_lower(values), value_set=pa.array(sorted({t.lower() for t in true_tokens}), pa.string()))
+    return pc.if_else(pc.is_valid(values), truth, pa.scalar(None, pa.bool_()))
+
+
 def copy_csv(columns: list[pa.Array], names: list[str]) -> bytes:
     """The rows as ``COPY ... (FORMAT csv)`` input: NULL as an unquoted empty field, text quoted."""
     table = pa.Table.from_arrays(columns, names=names)

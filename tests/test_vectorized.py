@@ -20,6 +20,7 @@ from connectors import csvfast, csvfile
 from streaming import schema, vectorized
 from streaming.config import CsvOptions
 from streaming.rowstage import StageTask
+from tests.helpers import load
 
 CORPUS = Path(__file__).parent / "corpus"
 OPTIONS = CsvOptions().model_dump()
@@ -104,17 +105,26 @@ def stage_both(db, monkeypatch, path: Path, **fields):
     return fast, exact, bool(finished)
 
 
-def assert_same(db, fast, exact) -> None:
+def assert_same(db, fast, exact, fast_table: str = "fast", exact_table: str = "exact") -> None:
     fields = ("status", "reason", "detail", "encoding", "delimiter", "columns", "staged_rows", "quarantined_rows")
     assert {f: getattr(fast, f) for f in fields} == {f: getattr(exact, f) for f in fields}
     if fast.status != "staged":
         return
-    tables = ("stage", "quarantine") if fast.quarantined_rows else ("stage",)
-    for table in tables:
-        a, b = f"{{s}}.{table}_fast", f"{{s}}.{table}_exact"
-        assert db.scalar(f"SELECT count(*) FROM {a}") == db.scalar(f"SELECT count(*) FROM {b}")
-        assert db.scalar(f"SELECT count(*) FROM ((TABLE {a} EXCEPT ALL TABLE {b}) UNION ALL "
-                         f"(TABLE {b} EXCEPT ALL TABLE {a})) differ") == 0, table
+    assert exact.staged_types is None
+    # The vectorized reader stages typed columns; the exact one text, which the merge casts: compare
+    # what the merge reads.
+    true_tokens = "ARRAY[" + ", ".join(f"'{t.lower()}'" for t in OPTIONS["true_tokens"]) + "]"
+    cast = ["_ord"] + [f"c{i}" if kind == "text" else
+                       f"CASE WHEN c{i} IS NULL THEN NULL ELSE lower(c{i}) = ANY({true_tokens}) END" if kind == "boolean"
+                       else f"c{i}::{kind}" for i, kind in enumerate(fast.staged_types or ["text"] * len(fast.columns))]
+    selects = {"stage": (f"SELECT * FROM {{s}}.stage_{fast_table}",
+                         f"SELECT {', '.join(cast)} FROM {{s}}.stage_{exact_table}")}
+    if fast.quarantined_rows:
+        selects["quarantine"] = (f"SELECT * FROM {{s}}.quarantine_{fast_table}",
+                                 f"SELECT * FROM {{s}}.quarantine_{exact_table}")
+    for table, (a, b) in selects.items():
+        assert db.scalar(f"SELECT count(*) FROM ({a}) a") == db.scalar(f"SELECT count(*) FROM ({b}) b")
+        assert db.scalar(f"SELECT count(*) FROM (({a} EXCEPT ALL {b}) UNION ALL ({b} EXCEPT ALL {a})) differ") == 0, table
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CORPUS.iterdir()))
@@ -183,20 +193,54 @@ def test_parts_of_a_large_file_stage_identically(db, monkeypatch, tmp_path):
     plan = csvfile.plan_parts(str(path), path.name, OPTIONS, 3)
     assert plan is not None and len(plan.ranges) == 3
     db.query("CREATE SCHEMA IF NOT EXISTS {s}")
-    totals = {}
+    totals, reports = {}, {}
     for mode in ("fast", "exact"):
         if mode == "exact":
             monkeypatch.setattr(csvfile, "_vectorized", lambda task, encoding: None)
-        reports = [csvfile.run_file_task(dataclasses.replace(
+        reports[mode] = [csvfile.run_file_task(dataclasses.replace(
             _task(db, path, f"{mode}{i}"), part=i, start=s, end=e, first_line=first, header=plan.header,
             encoding=plan.encoding, delimiter=plan.delimiter, last_part=i == 2))
             for i, (s, e, first) in enumerate(plan.ranges)]
-        assert all(r.status == "staged" for r in reports)
-        totals[mode] = [(r.staged_rows, r.quarantined_rows, r.columns) for r in reports]
+        assert all(r.status == "staged" for r in reports[mode])
+        totals[mode] = [(r.staged_rows, r.quarantined_rows, r.columns) for r in reports[mode]]
     assert totals["fast"] == totals["exact"]
     assert len(finished) == 3
     for i in range(3):
-        assert db.scalar(f"SELECT count(*) FROM ((TABLE {{s}}.stage_fast{i} EXCEPT ALL TABLE {{s}}.stage_exact{i}) "
-                         f"UNION ALL (TABLE {{s}}.stage_exact{i} EXCEPT ALL TABLE {{s}}.stage_fast{i})) d") == 0
+        assert_same(db, reports["fast"][i], reports["exact"][i], f"fast{i}", f"exact{i}")
     rows = sum(s for s, _, _ in totals["fast"]) + sum(q for _, q, _ in totals["fast"])
     assert rows == 3000
+
+
+def test_a_load_through_the_vectorized_reader_equals_one_through_the_exact_reader(db, make_settings, tmp_path,
+                                                                                   monkeypatch):
+    path = _write(tmp_path / "orders.csv", generated(2000, seed=21))
+    settings = make_settings(datasets={"keyed": {"mode": "upsert", "primary_key": ["id"]}})
+    finished = vectorized_reads(monkeypatch)
+    fast = load(settings, "plain", path)
+    keyed_fast = load(settings, "keyed", path)
+    assert len(finished) == 2
+    with monkeypatch.context() as patch:
+        patch.setattr(csvfile, "_vectorized", lambda task, encoding: None)
+        exact = load(settings, "plain_exact", path)
+    assert (fast.loaded, fast.quarantined, fast.duplicates) == (exact.loaded, exact.quarantined, exact.duplicates)
+    assert keyed_fast.loaded == db.scalar("SELECT count(*) FROM {s}.keyed") == 2000
+    assert db.columns("plain") == db.columns("plain_exact")
+    assert db.scalar("SELECT count(*) FROM ((TABLE {s}.plain EXCEPT ALL TABLE {s}.plain_exact) UNION ALL "
+                     "(TABLE {s}.plain_exact EXCEPT ALL TABLE {s}.plain)) d") == 0
+    stats = ("SELECT name, type, null_count, distinct_count, min_value, max_value, value_sum, top_values::text "
+             "FROM {c}.columns WHERE dataset = %s ORDER BY name")
+    assert db.query(stats, ("plain",)) == db.query(stats, ("plain_exact",))
+
+
+def test_a_column_typed_in_one_file_and_text_in_another_keeps_every_raw_value(db, make_settings, tmp_path,
+                                                                            monkeypatch):
+    finished = vectorized_reads(monkeypatch)
+    raw = ["+5", "-0", "7", "12", "+0"]
+    first = _write(tmp_path / "a.csv", "id,code,at\n" + "".join(
+        f"{i},{raw[i % len(raw)]},2024-01-0{1 + i % 9}T10:00\n" for i in range(500)))
+    second = _write(tmp_path / "b.csv", "id,code,at\n900,abc,later\n")
+    result = load(make_settings(), "mixed", first, second)
+    assert finished and result.loaded == 501
+    assert db.columns("mixed")["code"] == "text" and db.columns("mixed")["at"] == "text"
+    codes = db.query("SELECT code, at FROM {s}.mixed WHERE id < 900 ORDER BY id")
+    assert codes == [(raw[i % len(raw)], f"2024-01-0{1 + i % 9}T10:00") for i in range(500)]
