@@ -703,8 +703,10 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
     cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(BATCH, rows))
     batch_rows = cur.rowcount
-    if batch_rows > 10_000:
-        cur.execute(sql.SQL("ANALYZE {}").format(BATCH))
+    if batch_rows > 10_000 and plan.primary_key:
+        # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
+        # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
+        cur.execute(sql.SQL("ANALYZE {} ({})").format(BATCH, key))
     if plan.partition_by:
         _ensure_partitions(cur, plan, target, BATCH, columns)
     removed = None
