@@ -710,16 +710,23 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     if plan.partition_by:
         _ensure_partitions(cur, plan, target, BATCH, columns)
     removed = None
-    replaced = 0
+    replaced = unchanged = 0
     matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = b.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
     if plan.mode == "overwrite":
         cur.execute(sql.SQL("TRUNCATE {}").format(target))
     elif plan.mode == "upsert":
-        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t "
-                            "WHERE EXISTS (SELECT 1 FROM {b} b WHERE {m})").format(
+        # A batch row equal to the table's row of its key changes nothing: it is neither written nor
+        # counted in the catalog's deltas (a re-sent file with a few changed rows costs those rows).
+        same = _same_row(columns, plan.primary_key)
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t JOIN {b} b ON {m} "
+                            "WHERE NOT ({same})").format(
             r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
-            t=target, b=BATCH, m=matches))
+            t=target, b=BATCH, m=matches, same=same))
         replaced, removed = cur.rowcount, REPLACED
+        cur.execute(sql.SQL("DELETE FROM {b} b USING {t} t WHERE {m} AND {same}").format(
+            b=BATCH, t=target, m=matches, same=same))
+        unchanged = cur.rowcount
+        batch_rows -= unchanged
     elif plan.primary_key:
         # Append with a primary key keeps the rows already loaded; batch rows with their keys are duplicates.
         cur.execute(sql.SQL("DELETE FROM {b} b WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(
@@ -736,7 +743,23 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
     delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
                         key=tuple(plan.primary_key))
-    return batch_rows, inserted, delta
+    return batch_rows + unchanged, inserted, delta
+
+
+def _same_row(columns: dict[str, str], key: Sequence[str]) -> sql.Composable:
+    """Whether batch row ``b`` holds what table row ``t`` of its key holds, as the table shows it:
+    numerics of another scale, JSON written otherwise and ``-0`` differ although SQL holds them equal."""
+    shown = {"numeric": ("{}", "scale({})"), "jsonb": ("{}::text",), "real": ("float4send({})",),
+             "double precision": ("float8send({})",)}
+    tests = []
+    for name, kind in columns.items():
+        if name in key:
+            continue
+        for value in shown.get(kind, ("{}",)):
+            tests.append(sql.SQL("{} IS NOT DISTINCT FROM {}").format(
+                sql.SQL(value).format(sql.SQL("b.{}").format(sql.Identifier(name))),
+                sql.SQL(value).format(sql.SQL("t.{}").format(sql.Identifier(name)))))
+    return sql.SQL(" AND ").join(tests) if tests else sql.SQL("true")
 
 
 def refresh_catalog(dsn: str, catalog_schema: str, dataset: str) -> dict:
