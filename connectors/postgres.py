@@ -382,8 +382,13 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     existing = table_columns(cur, plan.table_schema, plan.table)
     columns, sources, changes = _plan_columns(plan, existing, staged)
     target = sql.Identifier(plan.table_schema, plan.table)
+    staged_rows = sum(r.staged_rows for r in staged)
+    # A table this transaction creates gets its primary key after the rows are in: one sorted index
+    # build instead of a million index insertions (no one else sees the table before the commit).
+    defer_key = bool(plan.primary_key and staged_rows and not plan.partition_by
+                     and any(c["change"] == "create" for c in changes))
     if changes:
-        _apply_ddl(cur, plan, target, existing, columns, changes)
+        _apply_ddl(cur, plan, target, existing, columns, changes, defer_key)
         schema_version += 1
         result.schema_changes = changes
         cur.execute(sql.SQL("INSERT INTO {}.schema_versions (dataset, version, changes, cause, load_id) "
@@ -391,12 +396,11 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
                     (plan.dataset, schema_version, json.dumps(changes),
                      ", ".join(r.name for r in staged), load_id))
         _record_columns(cur, plan, columns, sources)
-    staged_rows = sum(r.staged_rows for r in staged)
     loaded = inserted = 0
     widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
         loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows,
-                                         load_id)
+                                         load_id, defer_key)
         delta.widened, delta.recompute = widened, stats_stale
         if plan.on_phase is not None:
             plan.on_phase("catalog")
@@ -578,14 +582,14 @@ def _type_sql(kind: str) -> sql.Composable:
     return sql.SQL(kind)
 
 
-def _apply_ddl(cur, plan: MergePlan, target, existing, columns, changes) -> None:
+def _apply_ddl(cur, plan: MergePlan, target, existing, columns, changes, defer_key: bool = False) -> None:
     for change in changes:
         if change["change"] == "create":
             defs = [sql.SQL("{} {}").format(sql.Identifier(c), _type_sql(t)) for c, t in columns.items()]
             missing_key = [k for k in plan.primary_key if k not in columns]
             if missing_key:
                 raise SchemaError(f"dataset {plan.dataset}: primary key column(s) {missing_key} not in the data")
-            if plan.primary_key:
+            if plan.primary_key and not defer_key:
                 defs.append(sql.SQL("PRIMARY KEY ({})").format(
                     sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))))
             suffix = sql.SQL("")
@@ -682,7 +686,8 @@ def batch_tables(plan: MergePlan, load_id: int) -> tuple[sql.Identifier, sql.Ide
             sql.Identifier(plan.stage_schema, f"load_{load_id}_replaced"))
 
 
-def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int):
+def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int,
+           defer_key: bool = False):
     """Run the mode's set-based statements; return (rows written, rows newly inserted, stats delta).
 
     The batch's typed, deduplicated rows are materialized once: the insert reads them, and so do
@@ -733,12 +738,14 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
             b=BATCH, t=target, m=matches))
         batch_rows -= cur.rowcount
     conflict = sql.SQL("")
-    if plan.mode == "upsert":
+    if plan.mode == "upsert" and not defer_key:  # a new table holds no key the batch could meet
         # A key-only table still "updates" the key to itself, so every written row is counted.
         others = [c for c in columns if c not in plan.primary_key] or list(plan.primary_key[:1])
         conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(key, sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in others))
     cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM {b}{c}").format(t=target, n=names, b=BATCH, c=conflict))
+    if defer_key:
+        cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, key))
     inserted = batch_rows - replaced
     rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
     delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",

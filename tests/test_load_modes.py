@@ -236,6 +236,10 @@ def test_upsert_rewrites_only_rows_that_change(db, make_settings, tmp_path):
     rows[100] = ("100.5", "n100")
     second.write_text("id,price,note\n" + "".join(f"{i},{p},{n}\n" for i, (p, n) in rows.items()))
     load(settings, "items", first, batch_id=0)
+    # The table the first load creates has its primary key (built after its rows went in).
+    assert db.query("SELECT a.attname FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid "
+                    "AND a.attnum = ANY(k.conkey) WHERE k.contype = 'p' AND k.conrelid = %s::regclass",
+                    (f'{db.schema}."items"',)) == [("id",)]
     result = load(settings, "items", second, batch_id=1)
     assert (result.rows_in, result.loaded, result.duplicates) == (101, 101, 0)
     table = {i: (p, n) for i, p, n in db.query('SELECT id, price::text, note FROM {s}."items"')}
