@@ -382,8 +382,13 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     existing = table_columns(cur, plan.table_schema, plan.table)
     columns, sources, changes = _plan_columns(plan, existing, staged)
     target = sql.Identifier(plan.table_schema, plan.table)
+    staged_rows = sum(r.staged_rows for r in staged)
+    # A table this transaction creates gets its primary key after the rows are in: one sorted index
+    # build instead of a million index insertions (no one else sees the table before the commit).
+    defer_key = bool(plan.primary_key and staged_rows and not plan.partition_by
+                     and any(c["change"] == "create" for c in changes))
     if changes:
-        _apply_ddl(cur, plan, target, existing, columns, changes)
+        _apply_ddl(cur, plan, target, existing, columns, changes, defer_key)
         schema_version += 1
         result.schema_changes = changes
         cur.execute(sql.SQL("INSERT INTO {}.schema_versions (dataset, version, changes, cause, load_id) "
@@ -391,12 +396,11 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
                     (plan.dataset, schema_version, json.dumps(changes),
                      ", ".join(r.name for r in staged), load_id))
         _record_columns(cur, plan, columns, sources)
-    staged_rows = sum(r.staged_rows for r in staged)
     loaded = inserted = 0
     widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
         loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows,
-                                         load_id)
+                                         load_id, defer_key)
         delta.widened, delta.recompute = widened, stats_stale
         if plan.on_phase is not None:
             plan.on_phase("catalog")
@@ -578,14 +582,14 @@ def _type_sql(kind: str) -> sql.Composable:
     return sql.SQL(kind)
 
 
-def _apply_ddl(cur, plan: MergePlan, target, existing, columns, changes) -> None:
+def _apply_ddl(cur, plan: MergePlan, target, existing, columns, changes, defer_key: bool = False) -> None:
     for change in changes:
         if change["change"] == "create":
             defs = [sql.SQL("{} {}").format(sql.Identifier(c), _type_sql(t)) for c, t in columns.items()]
             missing_key = [k for k in plan.primary_key if k not in columns]
             if missing_key:
                 raise SchemaError(f"dataset {plan.dataset}: primary key column(s) {missing_key} not in the data")
-            if plan.primary_key:
+            if plan.primary_key and not defer_key:
                 defs.append(sql.SQL("PRIMARY KEY ({})").format(
                     sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))))
             suffix = sql.SQL("")
@@ -691,7 +695,8 @@ def batch_tables(plan: MergePlan, load_id: int) -> tuple[sql.Identifier, sql.Ide
             sql.Identifier(plan.stage_schema, f"load_{load_id}_replaced"))
 
 
-def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int):
+def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int,
+           defer_key: bool = False):
     """Run the mode's set-based statements; return (rows written, rows newly inserted, stats delta).
 
     The batch's typed, deduplicated rows are materialized once: the insert reads them, and so do
@@ -712,38 +717,65 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
     cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(BATCH, rows))
     batch_rows = cur.rowcount
-    if batch_rows > 10_000:
-        cur.execute(sql.SQL("ANALYZE {}").format(BATCH))
+    if batch_rows > 10_000 and plan.primary_key:
+        # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
+        # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
+        cur.execute(sql.SQL("ANALYZE {} ({})").format(BATCH, key))
     if plan.partition_by:
         _ensure_partitions(cur, plan, target, BATCH, columns)
     removed = None
-    replaced = 0
+    replaced = unchanged = 0
     matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = b.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
     if plan.mode == "overwrite":
         cur.execute(sql.SQL("TRUNCATE {}").format(target))
     elif plan.mode == "upsert":
-        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t "
-                            "WHERE EXISTS (SELECT 1 FROM {b} b WHERE {m})").format(
+        # A batch row equal to the table's row of its key changes nothing: it is neither written nor
+        # counted in the catalog's deltas (a re-sent file with a few changed rows costs those rows).
+        same = _same_row(columns, plan.primary_key)
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t JOIN {b} b ON {m} "
+                            "WHERE NOT ({same})").format(
             r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
-            t=target, b=BATCH, m=matches))
+            t=target, b=BATCH, m=matches, same=same))
         replaced, removed = cur.rowcount, REPLACED
+        cur.execute(sql.SQL("DELETE FROM {b} b USING {t} t WHERE {m} AND {same}").format(
+            b=BATCH, t=target, m=matches, same=same))
+        unchanged = cur.rowcount
+        batch_rows -= unchanged
     elif plan.primary_key:
         # Append with a primary key keeps the rows already loaded; batch rows with their keys are duplicates.
         cur.execute(sql.SQL("DELETE FROM {b} b WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(
             b=BATCH, t=target, m=matches))
         batch_rows -= cur.rowcount
     conflict = sql.SQL("")
-    if plan.mode == "upsert":
+    if plan.mode == "upsert" and not defer_key:  # a new table holds no key the batch could meet
         # A key-only table still "updates" the key to itself, so every written row is counted.
         others = [c for c in columns if c not in plan.primary_key] or list(plan.primary_key[:1])
         conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(key, sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in others))
     cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM {b}{c}").format(t=target, n=names, b=BATCH, c=conflict))
+    if defer_key:
+        cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, key))
     inserted = batch_rows - replaced
     rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
     delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
                         key=tuple(plan.primary_key))
-    return batch_rows, inserted, delta
+    return batch_rows + unchanged, inserted, delta
+
+
+def _same_row(columns: dict[str, str], key: Sequence[str]) -> sql.Composable:
+    """Whether batch row ``b`` holds what table row ``t`` of its key holds, as the table shows it:
+    numerics of another scale, JSON written otherwise and ``-0`` differ although SQL holds them equal."""
+    shown = {"numeric": ("{}", "scale({})"), "jsonb": ("{}::text",), "real": ("float4send({})",),
+             "double precision": ("float8send({})",)}
+    tests = []
+    for name, kind in columns.items():
+        if name in key:
+            continue
+        for value in shown.get(kind, ("{}",)):
+            tests.append(sql.SQL("{} IS NOT DISTINCT FROM {}").format(
+                sql.SQL(value).format(sql.SQL("b.{}").format(sql.Identifier(name))),
+                sql.SQL(value).format(sql.SQL("t.{}").format(sql.Identifier(name)))))
+    return sql.SQL(" AND ").join(tests) if tests else sql.SQL("true")
 
 
 def refresh_catalog(dsn: str, catalog_schema: str, dataset: str) -> dict:

@@ -9,7 +9,9 @@ transaction, so every statistic is updated from them at a cost proportional to t
 * min and max only move outwards from added rows; when a removed row held the minimum or maximum
   and no added row reaches it, that one bound is recomputed from the table;
 * distinct counts of high-cardinality columns come from a HyperLogLog sketch per column, kept as
-  registers in ``column_hll``, merged register by register with ``max``. A sketch cannot forget values, so
+  registers in ``column_hll``, merged register by register with ``max``. Columns with exact value counts
+  need no sketch scan: their sketch is made from their (at most 50) values, and a column passing the
+  limit goes on from it with the batch's values. A sketch cannot forget values, so
   the values an upsert overwrites are counted as *drift*; when drift passes
   :data:`MAX_DRIFT` of the estimate, the column's sketch is rebuilt from the table.
 
@@ -33,6 +35,7 @@ HLL_M = 1 << HLL_P
 HLL_Q = 64 - HLL_P
 TOP_VALUES_LIMIT = 50  # columns with at most this many distinct values keep exact value counts
 TOP_VALUES_SHOWN = 10
+SAMPLED_ROWS = 10_000  # added rows in which many distinct values end exact value counts early
 MAX_DRIFT = 0.005  # overwritten distinct values tolerated in a sketch, as a share of its estimate
 MAX_SELECT_LIST = 1600  # PostgreSQL refuses select lists of more than 1664 entries
 
@@ -84,7 +87,6 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
     drift = _drift(cur, delta, columns) if delta.removed is not None else {}
     sketches = {} if delta.replaced_table else _load_sketches(cur, cat, dataset)
-    _add_to_sketches(cur, delta.added, columns, sketches)
     stats: dict[str, ColumnStats] = {}
     redo: dict[str, tuple[bool, bool]] = {}
     for name, kind in columns.items():
@@ -92,16 +94,29 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         stats[name], redo[name] = _combine(before, kind, added[name], removed.get(name))
         stats[name].drift = before.drift + drift.get(name, 0)
     _recompute_bounds(cur, target, columns, stats, {n: r for n, r in redo.items() if any(r)})
-    estimates = {n: hll_estimate(sketches[n]) if n in sketches else 0.0 for n in columns}
-    rebuild = {n for n, s in stats.items() if s.top_values is None and s.drift > max(1.0, MAX_DRIFT * estimates[n])}
+    # Columns with exact value counts need no sketch scan: their sketch is made from their values.
+    untracked = {n: columns[n] for n, s in stats.items() if s.top_values is None}
+    _add_to_sketches(cur, delta.added, untracked, sketches)
+    estimates = {n: hll_estimate(sketches[n]) for n in untracked}
+    rebuild = {n for n in untracked if stats[n].drift > max(1.0, MAX_DRIFT * estimates[n])}
     if rebuild:
         for name in rebuild:
             sketches.pop(name, None)
             stats[name].drift = 0
         _add_to_sketches(cur, target, {n: columns[n] for n in columns if n in rebuild}, sketches)
-        estimates.update({n: hll_estimate(sketches[n]) if n in sketches else 0.0 for n in rebuild})
+        estimates.update({n: hll_estimate(sketches[n]) for n in rebuild})
+    tracked = [n for n, s in stats.items() if s.top_values is not None]
+    _count_values(cur, delta, columns, stats)
+    # A column past the limit goes on in a sketch: the one stored holds the values it had before.
+    left = {n: columns[n] for n in tracked if stats[n].top_values is None}
+    if left:
+        _add_to_sketches(cur, delta.added, left, sketches)
+        estimates.update({n: hll_estimate(sketches[n]) for n in left})
+    still = {n: (columns[n], list(stats[n].top_values)) for n in tracked if n not in left}
+    for name in still:
+        sketches.pop(name, None)
+    _add_values_to_sketches(cur, still, sketches)
     _save_sketches(cur, cat, dataset, {n: r for n, r in sketches.items() if n in columns})
-    _count_values(cur, delta, columns, stats, estimates)
     _store(cur, cat, dataset, delta.rows_after, stats, estimates)
 
 
@@ -256,7 +271,11 @@ def _hash(column: str, kind: str) -> sql.Composable:
     Each type hashes its own binary form (cheaper than text); a column whose type widens gets its
     sketch rebuilt, so hashes never mix across types.
     """
-    ident = sql.Identifier(column)
+    return _hash_of(sql.Identifier(column), kind)
+
+
+def _hash_of(ident: sql.Composable, kind: str) -> sql.Composable:
+    """:func:`_hash` of a value expression of type ``kind``."""
     if kind in ("smallint", "integer", "bigint"):
         return sql.SQL("hashint8extended({}::bigint, 0)").format(ident)
     if kind in NUMERIC:
@@ -284,13 +303,31 @@ def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], ske
     """
     if not columns:
         return
-    scans = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {name}, (h & {mask})::int, min((h >> {p}) & {wmask}) "
-                "FROM (SELECT {hash} AS h FROM {rel} rel) s WHERE h IS NOT NULL GROUP BY 2").format(
-            name=sql.Literal(name), hash=_hash(name, kind), rel=relation, mask=sql.Literal(HLL_M - 1),
-            p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1))
-        for name, kind in columns.items())
-    cur.execute(scans)
+    _merge_registers(cur, sql.SQL(" UNION ALL ").join(
+        _register_scan(name, _hash(name, kind), relation) for name, kind in columns.items()), columns, sketches)
+
+
+def _add_values_to_sketches(cur, values: dict[str, tuple[str, list[str]]], sketches: dict[str, bytearray]) -> None:
+    """Merge known values into each column's registers: ``values`` maps a column to its type and
+    values as text (a low-cardinality column's counted values), hashed as the column's own."""
+    if not values:
+        return
+    _merge_registers(cur, sql.SQL(" UNION ALL ").join(
+        _register_scan(name, _hash_of(sql.SQL("v::{}").format(sql.SQL(kind)), kind),
+                       sql.SQL("(SELECT unnest({}::text[]) AS v)").format(sql.Literal(texts)))
+        for name, (kind, texts) in values.items()), values, sketches)
+
+
+def _register_scan(name: str, hashed: sql.Composable, relation: sql.Composable) -> sql.Composable:
+    """Per register of one column, the smallest remaining hash bits of ``relation``'s values."""
+    return sql.SQL("SELECT {name}, (h & {mask})::int, min((h >> {p}) & {wmask}) "
+                   "FROM (SELECT {hash} AS h FROM {rel} rel) s WHERE h IS NOT NULL GROUP BY 2").format(
+        name=sql.Literal(name), hash=hashed, rel=relation, mask=sql.Literal(HLL_M - 1),
+        p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1))
+
+
+def _merge_registers(cur, query: sql.Composable, columns, sketches: dict[str, bytearray]) -> None:
+    cur.execute(query)
     for name in columns:
         sketches.setdefault(name, bytearray(HLL_M))
     top = HLL_Q + 1
@@ -361,25 +398,23 @@ def _tau(x: float) -> float:
             return z / 3
 
 
-def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, ColumnStats],
-                  estimates: dict[str, float]) -> None:
-    """Exact value counts of low-cardinality columns; a column past the limit stops being tracked."""
-    tracked = []
-    for name, s in stats.items():
-        if s.top_values is not None and estimates.get(name, 0) > TOP_VALUES_LIMIT * 1.1:
-            s.top_values = None
-        elif s.top_values is not None:
-            tracked.append(name)
+def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, ColumnStats]) -> None:
+    """Exact value counts of low-cardinality columns; a column past the limit stops being tracked.
+
+    A column with more distinct values than the limit among the first :data:`SAMPLED_ROWS` added
+    rows is past it without counting the rest (those rows are in the table); the others are
+    counted in one scan of the added (and one of the removed) rows for all columns.
+    """
+    tracked = [n for n, s in stats.items() if s.top_values is not None]
+    for name in _many_values(cur, delta.added, {n: columns[n] for n in tracked}):
+        stats[name].top_values = None
+    tracked = [n for n in tracked if stats[n].top_values is not None]
     if not tracked:
         return
     for relation, sign in ((delta.added, 1), (delta.removed, -1)):
         if relation is None:
             continue
-        # One grouped scan per column, like the sketches.
-        cur.execute(sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}, v, count(*) FROM (SELECT {} AS v FROM {} rel) s WHERE v IS NOT NULL GROUP BY v").format(
-                sql.Literal(n), _value_key(n, columns[n]), relation) for n in tracked))
-        for name, value, count in cur.fetchall():
+        for name, value, count in _value_counts(cur, relation, {n: columns[n] for n in tracked}):
             counts = stats[name].top_values
             if columns[name] == "numeric":
                 value = _numeric_key(counts, value)
@@ -387,6 +422,44 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
     for name in tracked:
         counts = {v: n for v, n in stats[name].top_values.items() if n > 0}
         stats[name].top_values = counts if len(counts) <= TOP_VALUES_LIMIT else None
+
+
+def _many_values(cur, relation: sql.Composable, columns: dict[str, str]) -> set[str]:
+    """Columns with more than :data:`TOP_VALUES_LIMIT` distinct values in the first
+    :data:`SAMPLED_ROWS` rows of ``relation``."""
+    if not columns:
+        return set()
+    names = list(columns)
+    many: set[str] = set()
+    for part in select_lists(names, 1):
+        cur.execute(sql.SQL("SELECT {} FROM (SELECT * FROM {} rel LIMIT {}) rel").format(
+            sql.SQL(", ").join(sql.SQL("count(DISTINCT {}) > {}").format(
+                _value_key(n, columns[n]), sql.Literal(TOP_VALUES_LIMIT)) for n in part),
+            relation, sql.Literal(SAMPLED_ROWS)))
+        many.update(n for n, over in zip(part, cur.fetchone()) if over)
+    return many
+
+
+def _value_counts(cur, relation: sql.Composable, columns: dict[str, str]) -> list[tuple[str, str, int]]:
+    """(column, value, rows) of every non-null value of the columns in ``relation``.
+
+    One scan for all columns: a grouping set per column, each its own hash table (one grouped scan
+    per column costs a scan each). ``GROUPING`` tells which column a result row counts.
+    """
+    names = list(columns)
+    out = []
+    per = MAX_SELECT_LIST // 2  # a flag and a value per column
+    for part in (names[i:i + per] for i in range(0, len(names), per)):
+        keys = [_value_key(n, columns[n]) for n in part]
+        cur.execute(sql.SQL("SELECT {}, {}, count(*) FROM {} rel GROUP BY GROUPING SETS ({})").format(
+            sql.SQL(", ").join(sql.SQL("GROUPING({})").format(k) for k in keys), sql.SQL(", ").join(keys),
+            relation, sql.SQL(", ").join(sql.SQL("({})").format(k) for k in keys)))
+        width = len(part)
+        for row in cur.fetchall():
+            i = row.index(0)  # the one column this row is grouped by
+            if row[width + i] is not None:
+                out.append((part[i], row[width + i], row[-1]))
+    return out
 
 
 def _value_key(column: str, kind: str) -> sql.Composable:

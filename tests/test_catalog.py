@@ -234,3 +234,25 @@ def test_statistics_from_before_an_upgrade_are_recomputed_once(db, make_settings
     load(settings, "legacy", b, batch_id=1)
     assert_catalog_true(db, settings, "legacy")
     assert db.scalar("SELECT stats_stale FROM {c}.datasets") is False
+
+
+def test_a_column_past_the_value_limit_keeps_a_sketch_of_every_value(db, make_settings, tmp_path):
+    """Exact value counts need no sketch scan; the sketch made from them and the batch's values when a
+    column passes the limit is the one a scan of the whole table gives."""
+    settings = make_settings()
+    first, second = tmp_path / "1.csv", tmp_path / "2.csv"
+    first.write_text("id,code,grp\n" + "".join(f"{i},c{i % 40},g{i % 3}\n" for i in range(400)))
+    second.write_text("id,code,grp\n" + "".join(f"{i},c{30 + i % 40},g{i % 3}\n" for i in range(400, 800)))
+    load(settings, "codes", first, batch_id=0)
+    load(settings, "codes", second, batch_id=1)
+    doc = assert_catalog_true(db, settings, "codes")
+    code = next(c for c in doc["columns"] if c["name"] == "code")
+    grp = next(c for c in doc["columns"] if c["name"] == "grp")
+    assert code["distinct_estimated"] and code["top_values"] is None
+    assert abs(code["distinct_count"] - db.scalar('SELECT count(DISTINCT code) FROM {s}."codes"')) <= 1
+    assert not grp["distinct_estimated"] and grp["distinct_count"] == 3
+    sketches = "SELECT column_name, registers FROM {c}.column_hll WHERE dataset = 'codes' ORDER BY 1"
+    incremental = [(n, bytes(r)) for n, r in db.query(sketches)]
+    catalog.refresh_dataset(settings.dsn, settings, "codes")
+    assert [n for n, _ in incremental] == ["code", "grp", "id"]
+    assert incremental == [(n, bytes(r)) for n, r in db.query(sketches)]

@@ -221,3 +221,32 @@ def test_a_nul_byte_anywhere_rejects_the_file(db, make_settings, tmp_path):
     result = load(make_settings(), "nul", path)
     assert result.files[0]["status"] == "rejected" and result.files[0]["reason"] == "binary"
     assert "offset" in result.files[0]["detail"]
+
+
+def test_upsert_rewrites_only_rows_that_change(db, make_settings, tmp_path):
+    """A re-sent file writes only its changed rows; a numeric of another scale is a change (it shows)."""
+    from tests.test_catalog import assert_catalog_true
+
+    settings = make_settings(datasets={"items": {"mode": "upsert", "primary_key": ["id"]}})
+    first, second = tmp_path / "1.csv", tmp_path / "2.csv"
+    rows = {i: (f"{i}.5", f"n{i}") for i in range(100)}
+    first.write_text("id,price,note\n" + "".join(f"{i},{p},{n}\n" for i, (p, n) in rows.items()))
+    rows[7] = ("7.50", "n7")
+    rows[8] = ("8.5", "changed")
+    rows[100] = ("100.5", "n100")
+    second.write_text("id,price,note\n" + "".join(f"{i},{p},{n}\n" for i, (p, n) in rows.items()))
+    load(settings, "items", first, batch_id=0)
+    # The table the first load creates has its primary key (built after its rows went in).
+    assert db.query("SELECT a.attname FROM pg_constraint k JOIN pg_attribute a ON a.attrelid = k.conrelid "
+                    "AND a.attnum = ANY(k.conkey) WHERE k.contype = 'p' AND k.conrelid = %s::regclass",
+                    (f'{db.schema}."items"',)) == [("id",)]
+    result = load(settings, "items", second, batch_id=1)
+    assert (result.rows_in, result.loaded, result.duplicates) == (101, 101, 0)
+    table = {i: (p, n) for i, p, n in db.query('SELECT id, price::text, note FROM {s}."items"')}
+    assert table == rows
+    # Rows the second load wrote carry its transaction id: the two changed rows and the new one.
+    written = db.query('SELECT id FROM {s}."items" WHERE xmin = (SELECT xmin FROM {s}."items" WHERE id = 100) '
+                       'ORDER BY id')
+    assert [i for (i,) in written] == [7, 8, 100]
+    doc = assert_catalog_true(db, settings, "items")
+    assert doc["row_count"] == 101
