@@ -342,7 +342,7 @@ def merge(dsn: str, plan: MergePlan, sessions=None) -> MergeResult:
         sessions.add_backend(pid)
     try:
         with conn, conn.cursor() as cur:
-            return _merge(cur, plan)
+            return _merge(cur, plan, dsn)
     except psycopg2.Error as exc:
         raise classify_error(exc, f"dataset {plan.dataset}: loading batch {plan.batch_id}") from exc
     except SchemaError as exc:  # the batch's columns cannot make the table (e.g. a text partition key)
@@ -353,7 +353,7 @@ def merge(dsn: str, plan: MergePlan, sessions=None) -> MergeResult:
         conn.close()
 
 
-def _merge(cur, plan: MergePlan) -> MergeResult:
+def _merge(cur, plan: MergePlan, dsn: str) -> MergeResult:
     cat = sql.Identifier(plan.catalog_schema)
     # A batch merge is one large statement: hash aggregation in memory, no JIT compile per batch.
     cur.execute("SET LOCAL work_mem = '256MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
@@ -399,8 +399,18 @@ def _merge(cur, plan: MergePlan) -> MergeResult:
     loaded = inserted = 0
     widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
-        loaded, inserted, delta = _write(cur, plan, target, _source_query(plan, staged, columns), columns, prior_rows,
-                                         load_id, defer_key)
+        source = _source_query(plan, staged, columns)
+        # The catalog's sketches of a large batch are computed from its staged rows on a second
+        # session while this one writes (see stats.BatchSketches).
+        sketches = stats.BatchSketches(dsn, source, columns) if staged_rows >= stats.SIDE_SKETCH_ROWS else None
+        try:
+            loaded, inserted, delta = _write(cur, plan, target, source, columns, prior_rows, load_id, defer_key,
+                                             staged_rows)
+            if sketches is not None and delta.staged_values:
+                delta.batch_sketches = sketches.result()
+        finally:
+            if sketches is not None:
+                sketches.cancel()
         delta.widened, delta.recompute = widened, stats_stale
         if plan.on_phase is not None:
             plan.on_phase("catalog")
@@ -696,7 +706,7 @@ def batch_tables(plan: MergePlan, load_id: int) -> tuple[sql.Identifier, sql.Ide
 
 
 def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int,
-           defer_key: bool = False):
+           defer_key: bool = False, staged_rows: int | None = None):
     """Run the mode's set-based statements; return (rows written, rows newly inserted, stats delta).
 
     The batch's typed, deduplicated rows are materialized once: the insert reads them, and so do
@@ -717,6 +727,9 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
     cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(BATCH, rows))
     batch_rows = cur.rowcount
+    # Whether the added rows hold exactly the values of the staged ones: only exact duplicates (which
+    # repeat values kept anyway) were left out, or rows equal to the table's (whose values it has).
+    same_values = not plan.primary_key or batch_rows == staged_rows
     if batch_rows > 10_000 and plan.primary_key:
         # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
         # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
@@ -746,6 +759,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         cur.execute(sql.SQL("DELETE FROM {b} b WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(
             b=BATCH, t=target, m=matches))
         batch_rows -= cur.rowcount
+        same_values = same_values and not cur.rowcount
     conflict = sql.SQL("")
     if plan.mode == "upsert" and not defer_key:  # a new table holds no key the batch could meet
         # A key-only table still "updates" the key to itself, so every written row is counted.
@@ -758,7 +772,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     inserted = batch_rows - replaced
     rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
     delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
-                        key=tuple(plan.primary_key))
+                        key=tuple(plan.primary_key), staged_values=same_values)
     return batch_rows + unchanged, inserted, delta
 
 

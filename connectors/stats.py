@@ -23,12 +23,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
 from psycopg2 import sql
+
+log = logging.getLogger(__name__)
 
 HLL_P = 14
 HLL_M = 1 << HLL_P
@@ -37,6 +40,7 @@ TOP_VALUES_LIMIT = 50  # columns with at most this many distinct values keep exa
 TOP_VALUES_SHOWN = 10
 SAMPLED_ROWS = 10_000  # added rows in which many distinct values end exact value counts early
 MAX_DRIFT = 0.005  # overwritten distinct values tolerated in a sketch, as a share of its estimate
+SIDE_SKETCH_ROWS = 50_000  # batches with at least this many staged rows get BatchSketches
 MAX_SELECT_LIST = 1600  # PostgreSQL refuses select lists of more than 1664 entries
 
 NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
@@ -66,6 +70,8 @@ class Delta:
     key: Sequence[str] = ()  # primary key, pairing removed rows with their new versions
     widened: Sequence[str] = ()  # columns whose type changed (the table was rewritten anyway)
     recompute: bool = False  # the stored statistics cannot be trusted (a catalog from before them)
+    staged_values: bool = False  # the added rows hold exactly the values of the batch's staged rows
+    batch_sketches: dict | None = None  # column -> registers of the added rows' values (BatchSketches)
 
 
 def measures(kind: str) -> str:
@@ -80,8 +86,10 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     After a type widening (whose ``ALTER TABLE`` rewrote the table anyway) or when the stored
     statistics predate this code, everything is recomputed from the table instead.
     """
+    batch = delta.batch_sketches or {}
     if (delta.widened or delta.recompute) and not delta.replaced_table:
         delta = Delta(added=target, rows_after=delta.rows_after, replaced_table=True)
+        batch = {}
     old = {} if delta.replaced_table else _load(cur, cat, dataset)
     added = _aggregate(cur, delta.added, columns)
     removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
@@ -96,7 +104,7 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     _recompute_bounds(cur, target, columns, stats, {n: r for n, r in redo.items() if any(r)})
     # Columns with exact value counts need no sketch scan: their sketch is made from their values.
     untracked = {n: columns[n] for n, s in stats.items() if s.top_values is None}
-    _add_to_sketches(cur, delta.added, untracked, sketches)
+    _add_batch_sketches(cur, delta.added, untracked, sketches, batch)
     estimates = {n: hll_estimate(sketches[n]) for n in untracked}
     rebuild = {n for n in untracked if stats[n].drift > max(1.0, MAX_DRIFT * estimates[n])}
     if rebuild:
@@ -110,7 +118,7 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     # A column past the limit goes on in a sketch: the one stored holds the values it had before.
     left = {n: columns[n] for n in tracked if stats[n].top_values is None}
     if left:
-        _add_to_sketches(cur, delta.added, left, sketches)
+        _add_batch_sketches(cur, delta.added, left, sketches, batch)
         estimates.update({n: hll_estimate(sketches[n]) for n in left})
     still = {n: (columns[n], list(stats[n].top_values)) for n in tracked if n not in left}
     for name in still:
@@ -305,6 +313,74 @@ def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], ske
         return
     _merge_registers(cur, sql.SQL(" UNION ALL ").join(
         _register_scan(name, _hash(name, kind), relation) for name, kind in columns.items()), columns, sketches)
+
+
+def _add_batch_sketches(cur, added: sql.Composable, columns: dict[str, str], sketches: dict[str, bytearray],
+                        batch: dict[str, bytearray]) -> None:
+    """:func:`_add_to_sketches` of the added rows, taking the registers already computed for the batch."""
+    for name in columns:
+        if name in batch:
+            registers = sketches.setdefault(name, bytearray(HLL_M))
+            for i, rank in enumerate(batch[name]):
+                if rank > registers[i]:
+                    registers[i] = rank
+    _add_to_sketches(cur, added, {n: k for n, k in columns.items() if n not in batch}, sketches)
+
+
+class BatchSketches:
+    """The HyperLogLog registers of a batch's staged rows, computed on a second session while the
+    merge transaction writes them.
+
+    On a large batch the sketch scans are the catalog's largest cost, and the merge's session runs
+    them one after another on one core. The staged rows, typed as the table holds them
+    (``source``), are committed and readable by another session, so a thread scans them while
+    the merge writes, on the otherwise idle core. They hold the added rows' values exactly when the
+    merge left out only exact duplicates or rows the table already holds (``Delta.staged_values``);
+    otherwise the registers are not used. Only columns with more than :data:`TOP_VALUES_LIMIT`
+    values in the first rows are sketched (the others keep exact value counts). A failure only
+    means the merge scans the rows itself.
+    """
+
+    def __init__(self, dsn: str, source: sql.Composable, columns: dict[str, str]):
+        import threading
+
+        self._conn = None
+        self._registers: dict[str, bytearray] = {}
+        self._thread = threading.Thread(target=self._run, args=(dsn, source, dict(columns)), daemon=True,
+                                        name="dataops-batch-sketches")
+        self._thread.start()
+
+    def _run(self, dsn: str, source: sql.Composable, columns: dict[str, str]) -> None:
+        import psycopg2
+
+        try:
+            self._conn = conn = psycopg2.connect(dsn, application_name="dataops-sketch", connect_timeout=10)
+            try:
+                with conn, conn.cursor() as cur:
+                    cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
+                    rows = sql.SQL("({})").format(source)
+                    many = _many_values(cur, rows, columns)
+                    sketches: dict[str, bytearray] = {}
+                    _add_to_sketches(cur, rows, {n: k for n, k in columns.items() if n in many}, sketches)
+                    self._registers = sketches
+            finally:
+                conn.close()
+        except Exception as exc:  # the merge scans the rows itself
+            log.debug("batch sketches failed: %s", exc)
+
+    def result(self) -> dict[str, bytearray]:
+        """Wait for the registers; column -> registers (empty if they could not be computed)."""
+        self._thread.join()
+        return self._registers
+
+    def cancel(self) -> None:
+        """Stop the scan if it still runs (the merge no longer needs it) and wait for the thread."""
+        if self._thread.is_alive() and self._conn is not None:
+            try:
+                self._conn.cancel()
+            except Exception:  # already finished or closed
+                pass
+        self._thread.join()
 
 
 def _add_values_to_sketches(cur, values: dict[str, tuple[str, list[str]]], sketches: dict[str, bytearray]) -> None:

@@ -256,3 +256,35 @@ def test_a_column_past_the_value_limit_keeps_a_sketch_of_every_value(db, make_se
     catalog.refresh_dataset(settings.dsn, settings, "codes")
     assert [n for n, _ in incremental] == ["code", "grp", "id"]
     assert incremental == [(n, bytes(r)) for n, r in db.query(sketches)]
+
+
+def test_sketches_computed_beside_the_merge_are_the_ones_a_scan_of_the_table_gives(db, make_settings, tmp_path,
+                                                                                   monkeypatch):
+    """A large batch's registers come from its staged rows on a second session; with duplicates left
+    out, or rows whose keys the table has, they must still be the registers of the table's values."""
+    from connectors import stats
+
+    monkeypatch.setattr(stats, "SIDE_SKETCH_ROWS", 0)
+    used = []
+    original = stats.BatchSketches.result
+
+    def result(self):
+        registers = original(self)
+        used.append(sorted(registers))
+        return registers
+
+    monkeypatch.setattr(stats.BatchSketches, "result", result)
+    sketches = "SELECT column_name, registers FROM {c}.column_hll WHERE dataset = %s ORDER BY 1"
+    for dataset, config in (("plain", {}), ("keyed", {"primary_key": ["id"]})):
+        settings = make_settings(datasets={dataset: config})
+        for step in range(3):
+            path = tmp_path / f"{dataset}{step}.csv"
+            rows = [f"{i},v{i * 7 % 293},{i % 5}.5,2024-01-{1 + i % 28:02d}\n" for i in range(step * 150, step * 150 + 400)]
+            path.write_text("id,code,amount,day\n" + "".join(rows + rows[:30]))  # repeated rows in the file
+            load(settings, dataset, path, batch_id=step)
+        incremental = [(n, bytes(r)) for n, r in db.query(sketches, (dataset,))]
+        catalog.refresh_dataset(settings.dsn, settings, dataset)
+        assert incremental == [(n, bytes(r)) for n, r in db.query(sketches, (dataset,))]
+        assert_catalog_true(db, settings, dataset)
+    # The plain dataset's batches used the registers from beside the merge (code and id are sketched).
+    assert used[:3] == [["code", "id"]] * 3
