@@ -408,6 +408,8 @@ def _merge(cur, plan: MergePlan, dsn: str) -> MergeResult:
                                              staged_rows)
             if sketches is not None and delta.staged_values:
                 delta.batch_sketches = sketches.result()
+                if delta.staged_rows:
+                    delta.batch_aggregates = sketches.aggregates()
         finally:
             if sketches is not None:
                 sketches.cancel()
@@ -730,6 +732,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     # Whether the added rows hold exactly the values of the staged ones: only exact duplicates (which
     # repeat values kept anyway) were left out, or rows equal to the table's (whose values it has).
     same_values = not plan.primary_key or batch_rows == staged_rows
+    same_rows = batch_rows == staged_rows
     if batch_rows > 10_000 and plan.primary_key:
         # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
         # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
@@ -760,6 +763,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
             b=BATCH, t=target, m=matches))
         batch_rows -= cur.rowcount
         same_values = same_values and not cur.rowcount
+        same_rows = same_rows and not cur.rowcount
     conflict = sql.SQL("")
     if plan.mode == "upsert" and not defer_key:  # a new table holds no key the batch could meet
         # A key-only table still "updates" the key to itself, so every written row is counted.
@@ -772,7 +776,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     inserted = batch_rows - replaced
     rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
     delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
-                        key=tuple(plan.primary_key), staged_values=same_values)
+                        key=tuple(plan.primary_key), staged_values=same_values, staged_rows=same_rows and not unchanged)
     return batch_rows + unchanged, inserted, delta
 
 

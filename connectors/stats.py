@@ -71,7 +71,9 @@ class Delta:
     widened: Sequence[str] = ()  # columns whose type changed (the table was rewritten anyway)
     recompute: bool = False  # the stored statistics cannot be trusted (a catalog from before them)
     staged_values: bool = False  # the added rows hold exactly the values of the batch's staged rows
+    staged_rows: bool = False  # ... and exactly its staged rows (none left out at all)
     batch_sketches: dict | None = None  # column -> registers of the added rows' values (BatchSketches)
+    batch_aggregates: dict | None = None  # column -> _aggregate of the added rows (BatchSketches)
 
 
 def measures(kind: str) -> str:
@@ -86,12 +88,12 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
     After a type widening (whose ``ALTER TABLE`` rewrote the table anyway) or when the stored
     statistics predate this code, everything is recomputed from the table instead.
     """
-    batch = delta.batch_sketches or {}
+    batch, aggregates = delta.batch_sketches or {}, delta.batch_aggregates
     if (delta.widened or delta.recompute) and not delta.replaced_table:
         delta = Delta(added=target, rows_after=delta.rows_after, replaced_table=True)
-        batch = {}
+        batch, aggregates = {}, None
     old = {} if delta.replaced_table else _load(cur, cat, dataset)
-    added = _aggregate(cur, delta.added, columns)
+    added = aggregates if aggregates is not None else _aggregate(cur, delta.added, columns)
     removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
     drift = _drift(cur, delta, columns) if delta.removed is not None else {}
     sketches = {} if delta.replaced_table else _load_sketches(cur, cat, dataset)
@@ -332,11 +334,12 @@ class BatchSketches:
     merge transaction writes them.
 
     On a large batch the sketch scans are the catalog's largest cost, and the merge's session runs
-    them one after another on one core. The staged rows, typed as the table holds them
+    them one after another on one core; the counts, bounds and sums come next. The staged rows, typed as the table holds them
     (``source``), are committed and readable by another session, so a thread scans them while
     the merge writes, on the otherwise idle core. They hold the added rows' values exactly when the
     merge left out only exact duplicates or rows the table already holds (``Delta.staged_values``);
-    otherwise the registers are not used. Only columns with more than :data:`TOP_VALUES_LIMIT`
+    otherwise the registers are not used; the counts, bounds and sums only when it left out no row at
+    all (``Delta.staged_rows``). Only columns with more than :data:`TOP_VALUES_LIMIT`
     values in the first rows are sketched (the others keep exact value counts). A failure only
     means the merge scans the rows itself.
     """
@@ -346,6 +349,7 @@ class BatchSketches:
 
         self._conn = None
         self._registers: dict[str, bytearray] = {}
+        self._aggregates: dict[str, tuple] | None = None
         self._thread = threading.Thread(target=self._run, args=(dsn, source, dict(columns)), daemon=True,
                                         name="dataops-batch-sketches")
         self._thread.start()
@@ -363,6 +367,7 @@ class BatchSketches:
                     sketches: dict[str, bytearray] = {}
                     _add_to_sketches(cur, rows, {n: k for n, k in columns.items() if n in many}, sketches)
                     self._registers = sketches
+                    self._aggregates = _aggregate(cur, rows, columns)
             finally:
                 conn.close()
         except Exception as exc:  # the merge scans the rows itself
@@ -372,6 +377,11 @@ class BatchSketches:
         """Wait for the registers; column -> registers (empty if they could not be computed)."""
         self._thread.join()
         return self._registers
+
+    def aggregates(self) -> dict[str, tuple] | None:
+        """Wait for the staged rows' :func:`_aggregate` (None if it could not be computed)."""
+        self._thread.join()
+        return self._aggregates
 
     def cancel(self) -> None:
         """Stop the scan if it still runs (the merge no longer needs it) and wait for the thread."""

@@ -274,17 +274,22 @@ def test_sketches_computed_beside_the_merge_are_the_ones_a_scan_of_the_table_giv
         return registers
 
     monkeypatch.setattr(stats.BatchSketches, "result", result)
+    aggregated = []
+    original_aggregates = stats.BatchSketches.aggregates
+    monkeypatch.setattr(stats.BatchSketches, "aggregates",
+                        lambda self: aggregated.append(True) or original_aggregates(self))
     sketches = "SELECT column_name, registers FROM {c}.column_hll WHERE dataset = %s ORDER BY 1"
-    for dataset, config in (("plain", {}), ("keyed", {"primary_key": ["id"]})):
+    for dataset, config, repeated in (("plain", {}, 30), ("unique", {}, 0), ("keyed", {"primary_key": ["id"]}, 30)):
         settings = make_settings(datasets={dataset: config})
         for step in range(3):
             path = tmp_path / f"{dataset}{step}.csv"
             rows = [f"{i},v{i * 7 % 293},{i % 5}.5,2024-01-{1 + i % 28:02d}\n" for i in range(step * 150, step * 150 + 400)]
-            path.write_text("id,code,amount,day\n" + "".join(rows + rows[:30]))  # repeated rows in the file
+            path.write_text("id,code,amount,day\n" + "".join(rows + rows[:repeated]))  # repeated rows in the file
             load(settings, dataset, path, batch_id=step)
         incremental = [(n, bytes(r)) for n, r in db.query(sketches, (dataset,))]
         catalog.refresh_dataset(settings.dsn, settings, dataset)
         assert incremental == [(n, bytes(r)) for n, r in db.query(sketches, (dataset,))]
         assert_catalog_true(db, settings, dataset)
     # The plain dataset's batches used the registers from beside the merge (code and id are sketched).
-    assert used[:3] == [["code", "id"]] * 3
+    assert used[:6] == [["code", "id"]] * 6
+    assert len(aggregated) == 3  # the batches that left out no row (the unique dataset's)
