@@ -747,15 +747,14 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     elif plan.mode == "upsert":
         # A batch row equal to the table's row of its key changes nothing: it is neither written nor
         # counted in the catalog's deltas (a re-sent file with a few changed rows costs those rows).
-        same = _same_row(columns, plan.primary_key)
-        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t JOIN {b} b ON {m} "
-                            "WHERE NOT ({same})").format(
-            r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
-            t=target, b=BATCH, m=matches, same=same))
-        replaced, removed = cur.rowcount, REPLACED
         cur.execute(sql.SQL("DELETE FROM {b} b USING {t} t WHERE {m} AND {same}").format(
-            b=BATCH, t=target, m=matches, same=same))
+            b=BATCH, t=target, m=matches, same=_same_row(columns, plan.primary_key)))
         unchanged = cur.rowcount
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t "
+                            "WHERE EXISTS (SELECT 1 FROM {b} b WHERE {m})").format(
+            r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+            t=target, b=BATCH, m=matches))
+        replaced, removed = cur.rowcount, REPLACED
         batch_rows -= unchanged
     elif plan.primary_key:
         # Append with a primary key keeps the rows already loaded; batch rows with their keys are duplicates.

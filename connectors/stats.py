@@ -164,7 +164,11 @@ def _aggregate(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[s
             exprs += [sql.SQL("NULL"), sql.SQL("NULL")]
         else:
             exprs += [sql.SQL("min({})").format(bound), sql.SQL("max({})").format(bound)]
-        exprs.append(sql.SQL("sum({}::numeric)").format(ident) if kind in NUMERIC else sql.SQL("NULL"))
+        # Integers sum exactly in their own aggregate (bigint, or numeric for bigint): only floating
+        # point needs the cast to sum as exact decimals, and the cast costs as much as the scan.
+        exact = kind in ("smallint", "integer", "bigint", "numeric")
+        exprs.append(sql.SQL("sum({})" if exact else "sum({}::numeric)").format(ident) if kind in NUMERIC
+                     else sql.SQL("NULL"))
     row: list = []
     for part in select_lists(exprs):  # a wide table needs more than one scan
         cur.execute(sql.SQL("SELECT {} FROM {} rel").format(sql.SQL(", ").join(part), relation))
