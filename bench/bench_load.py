@@ -16,7 +16,9 @@ resident memory of the whole process tree (this process, the JVM and Spark's Pyt
 during each large load. ``--memory-rows N`` adds a load of an N-row file (8,000,000 rows is about
 1 GB) and compares its peak memory with the 1,000,000-row file's.
 
-    python bench/bench_load.py [--rows 1000000] [--small-files 30] [--memory-rows 0] [--dsn DSN]
+``--only-small`` runs (c) alone (no large file is generated or loaded).
+
+    python bench/bench_load.py [--rows 1000000] [--small-files 30] [--memory-rows 0] [--only-small] [--dsn DSN]
 """
 
 from __future__ import annotations
@@ -176,22 +178,25 @@ def main() -> int:
     parser.add_argument("--dsn", default=os.environ.get("DATAOPS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--memory-rows", type=int, default=0, help="also load a file this large, for peak memory")
+    parser.add_argument("--only-small", action="store_true", help="run only (c), the small-file latency")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dataops-bench-"))
     token = uuid.uuid4().hex[:8]
     schema, catalog = f"bench_{token}", f"bench_{token}_cat"
     big = work / "orders_big.csv"
-    print(f"generating {args.rows:,} rows ...", flush=True)
-    generate(big, args.rows)
-    print(f"  {big.stat().st_size / 1e6:.1f} MB", flush=True)
+    if not args.only_small:
+        print(f"generating {args.rows:,} rows ...", flush=True)
+        generate(big, args.rows)
+        print(f"  {big.stat().st_size / 1e6:.1f} MB", flush=True)
 
     from streaming.config import Settings
     from streaming.daemon import Daemon
 
     try:
-        floor = psql_copy(args.dsn, big, schema + "_floor")
-        print(f"(a) psql \\copy          {floor:7.2f} s  {args.rows / floor:>12,.0f} rows/s", flush=True)
+        if not args.only_small:
+            floor = psql_copy(args.dsn, big, schema + "_floor")
+            print(f"(a) psql \\copy          {floor:7.2f} s  {args.rows / floor:>12,.0f} rows/s", flush=True)
 
         settings = Settings(
             postgres={"dsn": args.dsn, "schema": schema, "catalog_schema": catalog},
@@ -244,12 +249,13 @@ def main() -> int:
         for _ in range(3):
             drop_and_wait("orders", small, 100)
         big_rows = args.rows
-        with PeakMemory() as memory:
-            seconds = drop_and_wait("orders", big, big_rows)
-        peak_big = memory.peak
-        print(f"(b) warm daemon          {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
-              f"{floor / seconds:5.2f}   peak RSS {peak_big / 2**20:6.0f} MiB", flush=True)
-        print(phases.last, flush=True)
+        if not args.only_small:
+            with PeakMemory() as memory:
+                seconds = drop_and_wait("orders", big, big_rows)
+            peak_big = memory.peak
+            print(f"(b) warm daemon          {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
+                  f"{floor / seconds:5.2f}   peak RSS {peak_big / 2**20:6.0f} MiB", flush=True)
+            print(phases.last, flush=True)
 
         latencies = [drop_and_wait("events", small, 100) for _ in range(args.small_files + 2)][2:]
         latencies.sort()
@@ -258,16 +264,17 @@ def main() -> int:
         print(f"(c) 100-row files        p50 {p50 * 1000:6.0f} ms   p95 {p95 * 1000:6.0f} ms   "
               f"({len(latencies)} files)", flush=True)
 
-        changed = work / "orders_changed.csv"
-        generate(changed, args.rows, changed_every=10)
-        drop_and_wait("orders_upsert", small, 100)  # warm up the dataset (table, query)
-        for label, source in (("(d) upsert, new table", big), ("    upsert, 10% changed", changed)):
-            with PeakMemory() as memory:
-                seconds = drop_and_wait("orders_upsert", source, big_rows)
-            print(f"{label:24s} {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
-                  f"{floor / seconds:5.2f}   peak RSS {memory.peak / 2**20:6.0f} MiB", flush=True)
-            print(phases.last, flush=True)
-        if args.memory_rows:
+        if not args.only_small:
+            changed = work / "orders_changed.csv"
+            generate(changed, args.rows, changed_every=10)
+            drop_and_wait("orders_upsert", small, 100)  # warm up the dataset (table, query)
+            for label, source in (("(d) upsert, new table", big), ("    upsert, 10% changed", changed)):
+                with PeakMemory() as memory:
+                    seconds = drop_and_wait("orders_upsert", source, big_rows)
+                print(f"{label:24s} {seconds:7.2f} s  {big_rows / seconds:>12,.0f} rows/s   ratio "
+                      f"{floor / seconds:5.2f}   peak RSS {memory.peak / 2**20:6.0f} MiB", flush=True)
+                print(phases.last, flush=True)
+        if args.memory_rows and not args.only_small:
             large = work / "orders_large.csv"
             generate(large, args.memory_rows, seed=13)
             with PeakMemory() as memory:

@@ -95,6 +95,9 @@ class LoadContext:
     in_flight: InFlight = dataclasses.field(default_factory=InFlight)
     # Told of each phase of a load: ("stage", token), ("merge", rows staged), ("catalog", None); for progress.
     progress: Callable[[str, object], None] | None = None
+    # Told of each committed dataset to re-evaluate its key and join candidates; None: done right away,
+    # on the batch's thread (``ingest``, tests). The daemon hands them to a :class:`LinkRefresher`.
+    find_links: Callable[[str], None] | None = None
 
 
 def load_batch(ctx: LoadContext, dataset: Dataset, batch: Batch, stream: str, batch_id: int,
@@ -198,7 +201,10 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, 
         drop_reports(ctx, plan.reports)
         raise
     if not result.replayed:
-        _find_links(ctx, dataset)
+        if ctx.find_links is not None:
+            ctx.find_links(dataset)
+        else:
+            find_links(ctx, dataset)
     seconds = time.monotonic() - started
     # Per file, not per part: a large file parsed in parts is one file here.
     rejected = sum(1 for f in result.files if f["status"] == "rejected")
@@ -210,7 +216,7 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, 
     return result
 
 
-def _find_links(ctx: LoadContext, dataset: str) -> None:
+def find_links(ctx: LoadContext, dataset: str) -> None:
     """Re-evaluate the dataset's key and join candidates; derived data, so a failure only logs."""
     try:
         catalog_links.refresh(ctx.dsn, ctx.settings.postgres.catalog_schema, dataset)
@@ -218,6 +224,67 @@ def _find_links(ctx: LoadContext, dataset: str) -> None:
         log.warning("%s; they are re-evaluated with the next batch", exc)
     except Exception:  # the batch is committed: nothing derived from it may fail it now
         log.exception("dataset %s: finding key and join candidates failed; re-evaluated with the next batch", dataset)
+
+
+class LinkRefresher:
+    """Re-evaluates datasets' key and join candidates on a thread of its own (driver, daemon).
+
+    Candidates are derived from the committed catalog, so no batch needs to wait for them: done on
+    the batch's path, they delayed the next micro-batch of every dataset by the evaluation's queries.
+    Requests that arrive while an evaluation runs are coalesced into the next one, so the candidates
+    converge on every dataset's last committed batch; :meth:`stop` evaluates what is still asked for.
+    """
+
+    COALESCE_SECONDS = 0.2  # batches committing close together share one evaluation per dataset
+
+    def __init__(self, ctx: LoadContext):
+        self._ctx = ctx
+        self._lock = threading.Lock()
+        self._wanted: list[str] = []  # in request order, each dataset once
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "LinkRefresher":
+        self._thread = threading.Thread(target=self._run, name="dataops-links", daemon=True)
+        self._thread.start()
+        return self
+
+    def request(self, dataset: str) -> None:
+        """Any thread: ask for ``dataset``'s candidates to be evaluated again (returns at once)."""
+        with self._lock:
+            if dataset not in self._wanted:
+                self._wanted.append(dataset)
+        self._wake.set()
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._wanted)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Evaluate the datasets still asked for, then end the thread (waits up to ``timeout``)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if not self._stop.is_set():
+                self._stop.wait(self.COALESCE_SECONDS)
+            self._wake.clear()
+            self._drain()
+            if self._stop.is_set():
+                return
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted:
+                    return
+                dataset = self._wanted.pop(0)
+            find_links(self._ctx, dataset)
 
 
 def stage_token() -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg2
 
 from connectors import postgres
-from streaming.batch import LoadContext, load_batch
+from streaming.batch import LinkRefresher, LoadContext, load_batch
 from streaming.config import load_settings
 from streaming.errors import ConfigError, ShutdownRequested, TransientSinkError
 from streaming.health import HealthServer
@@ -79,6 +79,9 @@ class Daemon:
         self._datasets_changed = threading.Event()
         self.ctx = LoadContext(settings=settings, dsn=dsn, metrics=self.metrics,
                                datasets_changed=self._datasets_changed.set)
+        # Key and join candidates are re-evaluated off the batches' path (see LinkRefresher).
+        self.links = LinkRefresher(self.ctx)
+        self.ctx.find_links = self.links.request
         self.grace_seconds = grace_seconds
         self.retrying_not_ready_seconds = RETRYING_NOT_READY_SECONDS
         self.stop_event = stop_event or threading.Event()
@@ -162,6 +165,7 @@ class Daemon:
             raise
         if self.config_path:
             self._config_watch = ConfigWatch(self.config_path).start()
+        self.links.start()
         self._sync_datasets()
         self.running = True
         try:
@@ -287,6 +291,7 @@ class Daemon:
         for q in self.queries.values():
             if q.query is not None:
                 _stop_quietly(q.query, q.dataset.name)
+        self.links.stop(timeout=max(1.0, deadline - time.monotonic()))
         for source in self.sources:
             try:
                 source.stop()

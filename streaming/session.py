@@ -24,6 +24,11 @@ DEFAULT_CONF = {
     "spark.python.worker.reuse": "true",
     "spark.sql.session.timeZone": "UTC",
     "spark.scheduler.mode": "FAIR",
+    # Checkpoint logs (offsets, commits, the file source's list) are written through Hadoop's
+    # FileContext; on a local disk its default wraps every file in a checksum file, doubling each
+    # micro-batch's creates and renames. The rename stays atomic without it, which is what
+    # exactly-once rests on. Files are read through FileSystem, which this leaves alone.
+    "spark.hadoop.fs.AbstractFileSystem.file.impl": "org.apache.hadoop.fs.local.RawLocalFs",
 }
 
 

@@ -88,7 +88,7 @@ class LandingSource(Source):
 
     def plan(self, dataset: Dataset, df, batch_id: int) -> Batch | None:
         """Driver: the batch's file paths (not rows) come to the driver; one stage task per file or part."""
-        paths = sorted(r.path for r in df.select("path").collect())  # driver-ok: file paths only
+        paths = sorted(_batch_paths(df))
         if not paths:
             return None
         files = [LandedFile(_local_path(p), Landing.original_name(_local_path(p))) for p in paths]
@@ -134,6 +134,34 @@ class LandingSource(Source):
                             self._settle(self.landing.folder_of(ds_dir.name), [landed], [row[1]], row[0])
         finally:
             conn.close()
+
+
+def _batch_paths(df) -> set[str]:
+    """Driver: the paths of the files in a file stream's micro-batch.
+
+    Read from the batch's file scan (the files Spark planned, in the partitions of its RDD) rather
+    than by collecting the ``path`` column: that would run a Spark job per batch, which for a small
+    file costs more than loading it. Falls back to the job where no file scan is found (another
+    Spark build or plan shape).
+    """
+    try:
+        todo, paths, found = [df._jdf.queryExecution().toRdd()], set(), False
+        while todo:
+            rdd = todo.pop()
+            if rdd.getClass().getSimpleName() == "FileScanRDD":
+                found = True
+                for partition in rdd.partitions():
+                    # A large file can be split over several partitions; the set keeps it once.
+                    paths.update(f.filePath().toPath().toString() for f in partition.files())
+                continue
+            deps = rdd.dependencies().iterator()
+            while deps.hasNext():
+                todo.append(deps.next().rdd())
+        if found:
+            return paths
+    except Exception as exc:  # py4j or API differences: the job below answers the same question
+        log.debug("file scan of the batch not readable (%s); collecting its paths", exc)
+    return {r.path for r in df.select("path").collect()}  # driver-ok: file paths only
 
 
 def _local_path(uri: str) -> str:

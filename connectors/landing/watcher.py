@@ -39,6 +39,9 @@ CSV_SUFFIXES = {".csv", ".tsv", ".txt", ".psv"}
 TEMP_SUFFIXES = {".tmp", ".part", ".partial", ".crdownload", ".swp", ".download", ".filepart"}
 RESERVED = ("_", ".")
 CLOSED_QUIET_SECONDS = 0.05
+# A file renamed into the folder was complete before it got its name (the rename is atomic): it
+# waits for nothing but the size/mtime check, which would still see a writer that kept it open.
+MOVED_QUIET_SECONDS = 0.0
 # With inotify a writer's close is seen, so a file still open for writing is held back; a writer that
 # stalls this long with the file open is assumed gone.
 OPEN_WRITER_SECONDS = 60.0
@@ -54,7 +57,8 @@ class _Pending:
     size: int
     mtime: float
     last_event: float
-    state: str = "quiet"  # "quiet" (found by a scan), "writing" (open for writing), "closed" (writer done)
+    # "quiet" (found by a scan), "writing" (open for writing), "closed" (writer done), "moved" (renamed in)
+    state: str = "quiet"
 
 
 class Landing:
@@ -190,7 +194,7 @@ class Landing:
             return
         now = time.monotonic()
         # A rename into the folder is atomic: the file is complete, like one whose writer closed it.
-        state = {"scan": "quiet", "scan_event": "quiet", "write": "writing", "closed": "closed", "moved": "closed"}[what]
+        state = {"scan": "quiet", "scan_event": "quiet", "write": "writing", "closed": "closed", "moved": "moved"}[what]
         if state == "writing" and not self._sees_close:
             state = "quiet"
         with self._lock:
@@ -259,10 +263,11 @@ class Landing:
     def settle_ready(self) -> int:
         """Move every complete file into its inbox; return how many moved."""
         now = time.monotonic()
-        wait = {"closed": CLOSED_QUIET_SECONDS, "quiet": self.settle, "writing": max(self.settle, OPEN_WRITER_SECONDS)}
+        wait = {"closed": CLOSED_QUIET_SECONDS, "moved": MOVED_QUIET_SECONDS, "quiet": self.settle,
+                "writing": max(self.settle, OPEN_WRITER_SECONDS)}
         with self._lock:
             candidates = [(path, p) for path, p in self._pending.items()
-                          if now - p.last_event >= (wait[p.state] if p.size or p.state == "closed"
+                          if now - p.last_event >= (wait[p.state] if p.size or p.state in ("closed", "moved")
                                                     else max(wait[p.state], EMPTY_FILE_SECONDS))]
         moved = 0
         for path, pending in candidates:
@@ -275,7 +280,7 @@ class Landing:
             if st.st_size != pending.size or st.st_mtime != pending.mtime:
                 with self._lock:  # still growing: wait a full settle period from now
                     pending.size, pending.mtime, pending.last_event = st.st_size, st.st_mtime, now
-                    if pending.state == "closed":
+                    if pending.state in ("closed", "moved"):
                         pending.state = "quiet"
                 continue
             with self._lock:

@@ -103,7 +103,8 @@ class EndpointSource(Source):
                                            path=mask_url(endpoint.url))
 
             def run(index: int, rows):  # executor
-                rows = [(r[0], r[1]) for r in rows]
+                # A Row is a tuple (record, seq); tuple() copies it in C, Row's own indexing is Python.
+                rows = [tuple(r) for r in rows]
                 if rows:
                     stage_table, quarantine = postgres.stage_names(token, index)
                     # seq 0 for every part: rows order by their position in the batch (_ord) alone, so

@@ -50,6 +50,8 @@ OVERWRITE_MAX_PAGES = 1_000_000  # an overwrite endpoint's poll reads to the las
 REFETCH_PAGE_FACTOR = 10
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}")
+# One encoder for every record: json.dumps builds one per call, a quarter of its time on small records.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class RecordsPartition(InputPartition):
@@ -181,7 +183,7 @@ class RestStreamReader(DataSourceStreamReader):
         records = self._fetched.pop(_key(end), None)
         if records is None:
             records = self._refetch(start, end)
-        texts = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in records]
+        texts = [_ENCODE(r) for r in records]
         # One task per core, or more for large batches: each task stages its records in one COPY.
         size = min(self.partition_records, max(1, -(-len(texts) // self.parallelism)))
         return [RecordsPartition([(t, i) for i, t in enumerate(texts[a:a + size], start=a)])
