@@ -504,7 +504,11 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
     for relation, sign in ((delta.added, 1), (delta.removed, -1)):
         if relation is None:
             continue
-        for name, value, count in _value_counts(cur, relation, {n: columns[n] for n in tracked}):
+        counted, many = _value_counts(cur, relation, {n: columns[n] for n in tracked})
+        for name in many:
+            stats[name].top_values = None
+        tracked = [n for n in tracked if n not in many]
+        for name, value, count in counted:
             counts = stats[name].top_values
             if columns[name] == "numeric":
                 value = _numeric_key(counts, value)
@@ -530,26 +534,37 @@ def _many_values(cur, relation: sql.Composable, columns: dict[str, str]) -> set[
     return many
 
 
-def _value_counts(cur, relation: sql.Composable, columns: dict[str, str]) -> list[tuple[str, str, int]]:
-    """(column, value, rows) of every non-null value of the columns in ``relation``.
+def _value_counts(cur, relation: sql.Composable, columns: dict[str, str]) -> tuple[list[tuple[str, str, int]], set[str]]:
+    """(column, value, rows) of every non-null value of the columns in ``relation``, and the columns
+    with more than :data:`TOP_VALUES_LIMIT` values (whose counts are left out: PostgreSQL counts
+    their groups and sends back one).
 
     One scan for all columns: a grouping set per column, each its own hash table (one grouped scan
     per column costs a scan each). ``GROUPING`` tells which column a result row counts.
     """
     names = list(columns)
-    out = []
+    out, many = [], set()
     per = MAX_SELECT_LIST // 2  # a flag and a value per column
     for part in (names[i:i + per] for i in range(0, len(names), per)):
         keys = [_value_key(n, columns[n]) for n in part]
-        cur.execute(sql.SQL("SELECT {}, {}, count(*) FROM {} rel GROUP BY GROUPING SETS ({})").format(
-            sql.SQL(", ").join(sql.SQL("GROUPING({})").format(k) for k in keys), sql.SQL(", ").join(keys),
-            relation, sql.SQL(", ").join(sql.SQL("({})").format(k) for k in keys)))
+        flags = [sql.Identifier(f"g{i}") for i in range(len(part))]
+        grouped = sql.SQL("SELECT {}, {}, count(*) AS n FROM {} rel GROUP BY GROUPING SETS ({})").format(
+            sql.SQL(", ").join(sql.SQL("GROUPING({}) AS {}").format(k, f) for k, f in zip(keys, flags)),
+            sql.SQL(", ").join(sql.SQL("{} AS {}").format(k, sql.Identifier(f"v{i}")) for i, k in enumerate(keys)),
+            relation, sql.SQL(", ").join(sql.SQL("({})").format(k) for k in keys))
+        # A null group besides the limit's values is still within it.
+        cur.execute(sql.SQL(
+            "SELECT * FROM (SELECT *, count(*) OVER w AS groups, row_number() OVER w AS nth FROM ({}) g "
+            "WINDOW w AS (PARTITION BY {})) c WHERE groups <= {} OR nth = 1").format(
+            grouped, sql.SQL(", ").join(flags), sql.Literal(TOP_VALUES_LIMIT + 1)))
         width = len(part)
         for row in cur.fetchall():
             i = row.index(0)  # the one column this row is grouped by
-            if row[width + i] is not None:
-                out.append((part[i], row[width + i], row[-1]))
-    return out
+            if row[-2] > TOP_VALUES_LIMIT + 1:
+                many.add(part[i])
+            elif row[width + i] is not None:
+                out.append((part[i], row[width + i], row[2 * width]))
+    return out, many
 
 
 def _value_key(column: str, kind: str) -> sql.Composable:

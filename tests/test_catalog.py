@@ -293,3 +293,17 @@ def test_sketches_computed_beside_the_merge_are_the_ones_a_scan_of_the_table_giv
     # The plain dataset's batches used the registers from beside the merge (code and id are sketched).
     assert used[:6] == [["code", "id"]] * 6
     assert len(aggregated) == 3  # the batches that left out no row (the unique dataset's)
+
+
+def test_a_column_whose_values_come_late_in_a_large_batch_is_estimated(db, make_settings, tmp_path):
+    """Values past the first rows a column is looked at in still end its exact counts."""
+    settings = make_settings(datasets={"late": {"mode": "append", "primary_key": ["id"]}})
+    path = tmp_path / "late.csv"
+    path.write_text("id,tag,late\n" + "".join(
+        f"{i},t{i % 4},{f'v{i}' if i >= 11_000 else ''}\n" for i in range(12_000)))
+    load(settings, "late", path, batch_id=0)
+    doc = assert_catalog_true(db, settings, "late")
+    late = next(c for c in doc["columns"] if c["name"] == "late")
+    tag = next(c for c in doc["columns"] if c["name"] == "tag")
+    assert late["distinct_estimated"] and late["top_values"] is None and late["null_count"] == 11_000
+    assert not tag["distinct_estimated"] and tag["distinct_count"] == 4
