@@ -257,10 +257,6 @@ class LinkRefresher:
                 self._wanted.append(dataset)
         self._wake.set()
 
-    def pending(self) -> list[str]:
-        with self._lock:
-            return list(self._wanted)
-
     def stop(self, timeout: float = 30.0) -> None:
         """Evaluate the datasets still asked for, then end the thread (waits up to ``timeout``)."""
         self._stop.set()

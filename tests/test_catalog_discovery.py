@@ -342,3 +342,33 @@ def test_large_batches_are_typed_from_a_bounded_share_of_their_rows(db, make_set
     login = next(c for c in catalog.show_dataset(settings.dsn, settings, "accounts")["columns"] if c["name"] == "login")
     assert login["semantic_type"] is None and login["pii"] is None
     assert all(v.startswith("handle_") for v in login["sample_values"])
+
+
+def test_joins_found_off_the_batch_path_converge_on_the_data(db, make_settings, tmp_path):
+    """The daemon hands candidates to a background LinkRefresher; once it has drained, they are
+    the same joins the data supports, however the batches' requests were coalesced."""
+    from connectors.files import LandedFile, load_files
+    from connectors.postgres import ensure_catalog
+    from streaming.batch import LinkRefresher, LoadContext
+    from streaming.metrics import Metrics
+
+    star = Star(seed=5)
+    settings = make_settings(datasets={"products": {"primary_key": ["product_id"]},
+                                       "orders": {"mode": "upsert", "primary_key": ["order_id"]}})
+    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics())
+    refresher = LinkRefresher(ctx).start()
+    ctx.find_links = refresher.request
+    files = star.write(tmp_path)
+    for name in STAR:
+        load_files(ctx, name, [LandedFile(str(files[name]), files[name].name)], f"test:{uuid.uuid4()}", 0)
+    refresher.stop()
+    expected = star.expected_joins()
+    found = found_joins(settings, STAR)
+    assert set(found) == set(expected)
+    for link, share in expected.items():
+        assert found[link] == pytest.approx(share, abs=1e-4)
+    unique = {(name,) for i, name in enumerate(["id", "email", "name"])
+              if len({r[i] for r in star.customers}) == len(star.customers)}
+    keys = catalog.show_dataset(settings.dsn, settings, "customers")["key_candidates"]
+    assert {tuple(k) for k in keys} == unique
