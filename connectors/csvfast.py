@@ -8,13 +8,15 @@ quote at its start, CR or LF). A text that matches the grammar has exactly one r
 Python's strict ``csv`` reader gives, so ``pyarrow.csv`` parses it as the exact reader would, in
 C++ on every core; the rows then go through the row stage's column kernels
 (:meth:`streaming.rowstage.RowStage.arrow_block`). Line numbers come from the block's first line and
-the line breaks inside each row's values.
+the line breaks inside each row's values. The rows that load wait in a local Arrow IPC file until
+the whole range is read, so that the staging table is created with the columns' types and
+PostgreSQL parses each value once, during the COPY.
 
 Anything the grammar or pyarrow does not accept — a stray or unclosed quote, a row with too many or
 too few fields, a blank line, a bare CR, a field over the size limit — raises
 :class:`NeedsExactReader`, and the task stages the input again with the exact reader
 (:mod:`connectors.csvfile`), which reports every such row with its line and reason. Memory follows
-the block, not the file.
+the block, not the file (the kept rows are on local disk).
 """
 
 from __future__ import annotations
@@ -58,15 +60,15 @@ class ArrowFile(RowStage):
     """A CSV file, or a part of one, read by pyarrow; the row stage's column kernels do the rest.
 
     Args:
-        task: the task; ``task.start``/``task.end`` are the data's byte range (after the header).
+        task: the task.
         encoding: the file's encoding (one :func:`supports` accepts).
         delimiter: the field delimiter.
-        source_names / columns: the header as in the file, and normalized (see :meth:`RowStage.set_columns`).
+        start / end: the data's byte range (after the header; ``end`` None = to the end of the input).
         first_line: the physical line number of the range's first byte.
         open_range: ``open_range(start, end)`` -> a binary stream over those bytes.
 
-    Raises:
-        NeedsExactReader: while reading, for input only the exact reader reports exactly.
+    The caller names the columns (:meth:`RowStage.set_columns`); :meth:`prepare` reads the input and
+    raises :class:`NeedsExactReader` for input only the exact reader reports exactly.
     """
 
     copy_format = "csv"
@@ -78,6 +80,7 @@ class ArrowFile(RowStage):
         self.range = (start, end, first_line)
         self.open_range = open_range
         self.field_limit = max(csv.field_size_limit(), int(task.options.get("max_field_bytes", 64 << 20)))
+        self.spool = None  # the kept rows (a local Arrow IPC stream), from prepare() to close()
 
     def prepare(self) -> None:
         """Read the whole range: rows that load are kept, cleaned, in a local Arrow IPC file (memory
@@ -141,7 +144,7 @@ class ArrowFile(RowStage):
                 yield vectorized.copy_csv(columns, batch.schema.names)
 
     def close(self) -> None:
-        if getattr(self, "spool", None) is not None:
+        if self.spool is not None:
             self.spool.close()
         super().close()
 

@@ -334,67 +334,77 @@ def _add_batch_sketches(cur, added: sql.Composable, columns: dict[str, str], ske
 
 
 class BatchSketches:
-    """The HyperLogLog registers of a batch's staged rows, computed on a second session while the
-    merge transaction writes them.
+    """The HyperLogLog registers, counts, bounds and sums of a batch's staged rows, computed on two
+    other sessions while the merge transaction writes the rows.
 
-    On a large batch the sketch scans are the catalog's largest cost, and the merge's session runs
-    them one after another on one core; the counts, bounds and sums come next. The staged rows, typed as the table holds them
-    (``source``), are committed and readable by another session, so a thread scans them while
-    the merge writes, on the otherwise idle core. They hold the added rows' values exactly when the
-    merge left out only exact duplicates or rows the table already holds (``Delta.staged_values``);
-    otherwise the registers are not used; the counts, bounds and sums only when it left out no row at
-    all (``Delta.staged_rows``). Only columns with more than :data:`TOP_VALUES_LIMIT`
-    values in the first rows are sketched (the others keep exact value counts). A failure only
-    means the merge scans the rows itself.
+    On a large batch the sketch scans are the catalog's largest cost, and the merge's session would
+    run them one after another on one core. The staged rows, typed as the table holds them
+    (``source``), are committed and readable by other sessions, so two threads scan them while the
+    merge writes, and the work spreads over the cores. The registers describe the added rows
+    exactly when the merge left out only exact duplicates or rows the table already holds
+    (``Delta.staged_values``); the counts, bounds and sums only when it left out no row at all
+    (``Delta.staged_rows``); otherwise the merge scans the added rows itself. Only columns with
+    more than :data:`TOP_VALUES_LIMIT` values in the first rows are sketched (the others keep exact
+    value counts). A failure only means the merge scans the rows itself.
     """
 
     def __init__(self, dsn: str, source: sql.Composable, columns: dict[str, str]):
         import threading
 
-        self._conn = None
+        self._conns: list = []
         self._registers: dict[str, bytearray] = {}
         self._aggregates: dict[str, tuple] | None = None
-        self._thread = threading.Thread(target=self._run, args=(dsn, source, dict(columns)), daemon=True,
-                                        name="dataops-batch-sketches")
-        self._thread.start()
+        # Two sessions, each sketching every other column (the second also aggregates): with the
+        # merge's own session, the batch's catalog work spreads over both cores.
+        self._threads = [threading.Thread(target=self._run, args=(dsn, source, dict(columns), part), daemon=True,
+                                          name=f"dataops-batch-sketches-{part}") for part in (0, 1)]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self, dsn: str, source: sql.Composable, columns: dict[str, str]) -> None:
+    def _run(self, dsn: str, source: sql.Composable, columns: dict[str, str], part: int) -> None:
         import psycopg2
 
         try:
-            self._conn = conn = psycopg2.connect(dsn, application_name="dataops-sketch", connect_timeout=10)
+            conn = psycopg2.connect(dsn, application_name="dataops-sketch", connect_timeout=10)
+            self._conns.append(conn)
             try:
                 with conn, conn.cursor() as cur:
                     cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
                     rows = sql.SQL("({})").format(source)
                     many = _many_values(cur, rows, columns)
+                    mine = {n: k for i, (n, k) in enumerate(columns.items()) if n in many and i % 2 == part}
                     sketches: dict[str, bytearray] = {}
-                    _add_to_sketches(cur, rows, {n: k for n, k in columns.items() if n in many}, sketches)
-                    self._registers = sketches
-                    self._aggregates = _aggregate(cur, rows, columns)
+                    _add_to_sketches(cur, rows, mine, sketches)
+                    self._registers.update(sketches)  # the two parts' columns differ
+                    if part == 1:
+                        self._aggregates = _aggregate(cur, rows, columns)
             finally:
                 conn.close()
         except Exception as exc:  # the merge scans the rows itself
             log.debug("batch sketches failed: %s", exc)
 
+    def _join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
     def result(self) -> dict[str, bytearray]:
-        """Wait for the registers; column -> registers (empty if they could not be computed)."""
-        self._thread.join()
+        """Wait for the registers; column -> registers (columns missing where they could not be computed)."""
+        self._join()
         return self._registers
 
     def aggregates(self) -> dict[str, tuple] | None:
         """Wait for the staged rows' :func:`_aggregate` (None if it could not be computed)."""
-        self._thread.join()
+        self._join()
         return self._aggregates
 
     def cancel(self) -> None:
-        """Stop the scan if it still runs (the merge no longer needs it) and wait for the thread."""
-        if self._thread.is_alive() and self._conn is not None:
+        """Stop the scans that still run (the merge no longer needs them) and wait for the threads."""
+        for conn in list(self._conns):
             try:
-                self._conn.cancel()
+                conn.cancel()
             except Exception:  # already finished or closed
                 pass
-        self._thread.join()
+        self._join()
 
 
 def _add_values_to_sketches(cur, values: dict[str, tuple[str, list[str]]], sketches: dict[str, bytearray]) -> None:

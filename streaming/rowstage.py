@@ -32,27 +32,6 @@ STAGED_TYPES = ("integer", "bigint", "numeric", "double precision", "date", "tim
 # (double -> numeric is not one: 1.000e+02 is 100.0 as text, 100 as a double).
 EXACT_CASTS = {("integer", "bigint"), ("integer", "numeric"), ("bigint", "numeric"), ("integer", "double precision"),
                ("date", "timestamp")}
-
-
-def restage_as_text(reports: list["StageReport"]) -> dict[int, tuple]:
-    """Which reports must be staged again with some columns as text: a column typed in one input and
-    of a type it cannot be cast to exactly in the batch (another input holds text, say). Returns
-    report index -> the columns to stage as text."""
-    from streaming.schema import join
-
-    joined: dict[str, str | None] = {}
-    for r in reports:
-        for name, _, kind, _ in (r.columns if r.status == "staged" else ()):
-            joined[name] = join(joined[name], kind) if joined.get(name) else kind
-    redo = {}
-    for i, r in enumerate(reports):
-        if r.status != "staged" or not r.staged_types:
-            continue
-        names = tuple(c[0] for c, staged in zip(r.columns, r.staged_types)
-                      if staged != TEXT and joined.get(c[0]) != staged and (staged, joined.get(c[0])) not in EXACT_CASTS)
-        if names:
-            redo[i] = names
-    return redo
 _WS = " \t"
 
 
@@ -166,6 +145,27 @@ def mismatch_report(task: StageTask, parsed: "RowStage") -> StageReport | None:
                                                                   for c, d in mismatch.items()),
                        diff={"changed_types": mismatch}, columns=parsed.report_columns(),
                        staged_rows=parsed.staged, quarantined_rows=parsed.quarantined)
+
+
+def restage_as_text(reports: list[StageReport]) -> dict[int, tuple]:
+    """Which reports must be staged again with some columns as text: a column typed in one input and
+    of a type it cannot be cast to exactly in the batch (another input holds text, say). Returns
+    report index -> the columns to stage as text."""
+    from streaming.schema import join
+
+    joined: dict[str, str | None] = {}
+    for r in reports:
+        for name, _, kind, _ in (r.columns if r.status == "staged" else ()):
+            joined[name] = join(joined[name], kind) if joined.get(name) else kind
+    redo = {}
+    for i, r in enumerate(reports):
+        if r.status != "staged" or not r.staged_types:
+            continue
+        names = tuple(c[0] for c, staged in zip(r.columns, r.staged_types)
+                      if staged != TEXT and joined.get(c[0]) != staged and (staged, joined.get(c[0])) not in EXACT_CASTS)
+        if names:
+            redo[i] = names
+    return redo
 
 
 class RowStage:
