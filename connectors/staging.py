@@ -55,7 +55,9 @@ def _run(task: StageTask, stage) -> StageReport:
 
 
 def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
-    """Create the task's staging and quarantine tables and COPY the parsed rows into them."""
+    """Let the row stage read its input (:meth:`RowStage.prepare`), create the task's staging table
+    with the types the row stage chose, COPY the rows into it, and the quarantined rows into a
+    quarantine table when there are any."""
     import psycopg2
 
     conn = None
