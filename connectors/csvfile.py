@@ -76,8 +76,6 @@ def _stage_file(task: StageTask) -> StageReport:
         staged_types=parsed.staged_types)
 
 
-
-
 def _vectorized(task: StageTask, encoding: str) -> ArrowFile | None:
     """The vectorized reader for the task, or None where the exact reader reads the file: a small
     file (as fast either way), an encoding that is not byte-compatible with ASCII, one column, a

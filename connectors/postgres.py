@@ -400,8 +400,8 @@ def _merge(cur, plan: MergePlan, dsn: str) -> MergeResult:
     widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
         source = _source_query(plan, staged, columns)
-        # The catalog's sketches of a large batch are computed from its staged rows on a second
-        # session while this one writes (see stats.BatchSketches).
+        # The catalog's sketches of a large batch are computed from its staged rows on other
+        # sessions while this one writes (see stats.BatchSketches).
         sketches = stats.BatchSketches(dsn, source, columns) if staged_rows >= stats.SIDE_SKETCH_ROWS else None
         try:
             loaded, inserted, delta = _write(cur, plan, target, source, columns, prior_rows, load_id, defer_key,
