@@ -26,9 +26,8 @@ SAFE_WIDENING = {
     "date": ("timestamp",),
 }
 
-_DAY = (
-    r"(?!0000)\d{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
-)
+_MONTH_DAY = r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+_DAY = rf"(?!0000)\d{{4}}-{_MONTH_DAY}"
 _TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
 _ZONE = r"(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)"  # PostgreSQL accepts offsets up to 15:59
 _INT9 = r"[+-]?(?:0|[1-9]\d{0,8})"
@@ -40,17 +39,37 @@ _SHORT = r"(?=[\d.]{1,16}(?:[eE\n]|\Z))"
 _DECIMAL15 = rf"[+-]?{_SHORT}(?:(?:0|[1-9]\d*)\.\d*|\.\d+)"
 _FLOAT = rf"[+-]?{_SHORT}(?:(?:0|[1-9]\d*)(?:\.\d*)?|\.\d+)[eE][+-]?\d{{1,2}}"
 
-# One pattern per type: what a single value of that type looks like (fast path, no calendar check
-# for 29 February, which goes to the slow path).
-_VALUE = {
-    "integer": _INT9,
-    "bigint": _INT18,
-    "numeric": rf"(?:{_INT18}|{_DECIMAL}|{_FLOAT})",
-    "double precision": rf"(?:{_INT9}|{_DECIMAL15}|{_FLOAT})",
-    "date": _DAY,
-    "timestamp": rf"{_DAY}(?:{_TIME})?",
-    "timestamptz": rf"{_DAY}{_TIME}{_ZONE}",
-}
+
+def _value_patterns(day: str, decimal15: str, floating: str) -> dict[str, str]:
+    """One pattern per type: what a single value of that type looks like, from the dialect's patterns
+    of a day, a decimal a double holds exactly and a number with an exponent."""
+    return {
+        "integer": _INT9,
+        "bigint": _INT18,
+        "numeric": rf"(?:{_INT18}|{_DECIMAL}|{floating})",
+        "double precision": rf"(?:{_INT9}|{decimal15}|{floating})",
+        "date": day,
+        "timestamp": rf"{day}(?:{_TIME})?",
+        "timestamptz": rf"{day}{_TIME}{_ZONE}",
+    }
+
+
+def _short_decimal(chars: int) -> str:
+    """``(?:0|[1-9]\\d*)\\.\\d*|\\.\\d+`` of at most ``chars`` digits and points, without a lookahead."""
+    alternatives = [rf"0\.\d{{0,{chars - 2}}}", rf"\.\d{{1,{chars - 1}}}"]
+    alternatives += [rf"[1-9]\d{{{k - 1}}}\.\d{{0,{chars - 1 - k}}}" for k in range(1, chars)]
+    return "(?:" + "|".join(alternatives) + ")"
+
+
+# Python's patterns (fast path, no calendar check for 29 February, which goes to the slow path).
+_VALUE = _value_patterns(_DAY, _DECIMAL15, _FLOAT)
+# The same patterns for RE2 (Arrow's compute kernels, see streaming.vectorized), which has no
+# lookarounds: the year 0000 is spelled out as the years it excludes, and the bound of 16 digits and
+# points as the positions the point can take. tests/test_vectorized.py checks both accept the same.
+RE2_VALUE = _value_patterns(
+    rf"(?:[1-9]\d{{3}}|0[1-9]\d{{2}}|00[1-9]\d|000[1-9])-{_MONTH_DAY}",
+    rf"[+-]?{_short_decimal(16)}",
+    rf"[+-]?(?:0|[1-9]\d{{0,15}}|{_short_decimal(16)})[eE][+-]?\d{{1,2}}")
 _CHUNK = {t: re.compile(rf"(?:{p})(?:\n(?:{p}))*") for t, p in _VALUE.items()}
 _ONE = {t: re.compile(p) for t, p in _VALUE.items()}
 _INT_ANY = re.compile(r"[+-]?(?:0|[1-9]\d*)")

@@ -18,40 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-# The patterns of streaming.schema, for RE2, which has no lookarounds: the year 0000 is spelled out
-# as the years it excludes, and the mantissa bound of doubles (at most 16 digits and points) as the
-# positions the point can take.
-_YEAR = r"(?:[1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])"
-_DAY = (_YEAR + r"-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)")
-_TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
-_ZONE = r"(?:Z|[+-](?:0\d|1[0-5])(?::?[0-5]\d)?)"
-_INT9 = r"[+-]?(?:0|[1-9]\d{0,8})"
-_INT18 = r"[+-]?(?:0|[1-9]\d{0,17})"
-_DECIMAL = r"[+-]?(?:(?:0|[1-9]\d*)\.\d*|\.\d+)"
+from streaming.schema import RE2_VALUE
 
-
-def _short_decimal(chars: int) -> str:
-    """``(?:0|[1-9]\\d*)\\.\\d*|\\.\\d+`` of at most ``chars`` digits and points."""
-    alternatives = [rf"0\.\d{{0,{chars - 2}}}", rf"\.\d{{1,{chars - 1}}}"]
-    alternatives += [rf"[1-9]\d{{{k - 1}}}\.\d{{0,{chars - 1 - k}}}" for k in range(1, chars)]
-    return "(?:" + "|".join(alternatives) + ")"
-
-
-_MANTISSA16 = rf"(?:0|[1-9]\d{{0,15}}|{_short_decimal(16)})"
-_FLOAT = rf"[+-]?{_MANTISSA16}[eE][+-]?\d{{1,2}}"
-
-# One pattern per type, accepting what the type's pattern in streaming.schema accepts.
-_VALUE = {
-    "integer": _INT9,
-    "bigint": _INT18,
-    "numeric": rf"(?:{_INT18}|{_DECIMAL}|{_FLOAT})",
-    "double precision": rf"(?:{_INT9}|[+-]?{_short_decimal(16)}|{_FLOAT})",
-    "date": _DAY,
-    "timestamp": rf"{_DAY}(?:{_TIME})?",
-    "timestamptz": rf"{_DAY}{_TIME}{_ZONE}",
-}
-_ONE = {t: rf"^(?:{p})$" for t, p in _VALUE.items()}
-_JOINED = {t: rf"\A(?:{p})(?:\n(?:{p}))*\z" for t, p in _VALUE.items()}
+# The typer's patterns, for RE2: a whole value, or values joined by line breaks.
+_ONE = {t: rf"^(?:{p})$" for t, p in RE2_VALUE.items()}
+_JOINED = {t: rf"\A(?:{p})(?:\n(?:{p}))*\z" for t, p in RE2_VALUE.items()}
 
 
 def clean(raw: pa.Array, nulls: frozenset, empty_is_null: bool) -> pa.Array:
@@ -79,7 +50,7 @@ def all_fit(values: pa.Array, kind: str, bool_tokens: frozenset, line_breaks: bo
             return False
         lowered = pc.utf8_lower(values)
         return bool(pc.all(pc.is_in(lowered, value_set=pa.array(sorted(bool_tokens), pa.string()))).as_py())
-    if kind not in _VALUE:
+    if kind not in RE2_VALUE:
         return False
     if line_breaks:
         return bool(pc.all(pc.match_substring_regex(values, _ONE[kind])).as_py())

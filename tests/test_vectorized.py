@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pytest
 
 from connectors import csvfast, csvfile
-from streaming import schema, vectorized
+from streaming import schema
 from streaming.config import CsvOptions
 from streaming.rowstage import StageTask
 from tests.helpers import load
@@ -36,7 +36,7 @@ def test_type_patterns_accept_exactly_what_the_typer_patterns_accept():
     alphabet = "0123456789.eE+-: TZ"
     values += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 22))) for _ in range(30000)]
     array = pa.array(values)
-    for kind, pattern in vectorized._VALUE.items():
+    for kind, pattern in schema.RE2_VALUE.items():
         vector = pc.match_substring_regex(array, f"^(?:{pattern})$").to_pylist()
         exact = [bool(schema._ONE[kind].fullmatch(v)) for v in values]
         wrong = [v for v, a, b in zip(values, vector, exact) if a != b]
