@@ -33,7 +33,7 @@ from psycopg2 import sql
 from psycopg2.extras import RealDictCursor, execute_values
 
 from connectors import postgres, profile
-from connectors.stats import HLL_M, hll_estimate
+from connectors.stats import HLL_M, hll_estimate, union
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,9 @@ def _sketch_containment(sa: bytes | None, sb: bytes | None) -> tuple[float | Non
     na, nb = hll_estimate(sa), hll_estimate(sb)
     if na < 1:
         return None, 1.0
-    union = hll_estimate(bytes(map(max, sa, sb)))
-    inter = min(max(na + nb - union, 0.0), na)
-    return inter / na, 2 * _HLL_SE * (na * na + nb * nb + union * union) ** 0.5 / na
+    both = hll_estimate(union(sa, sb))
+    inter = min(max(na + nb - both, 0.0), na)
+    return inter / na, 2 * _HLL_SE * (na * na + nb * nb + both * both) ** 0.5 / na
 
 
 def _found_values(cur, b: dict, key: dict, values: list[str]) -> int:

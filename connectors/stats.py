@@ -326,10 +326,7 @@ def _add_batch_sketches(cur, added: sql.Composable, columns: dict[str, str], ske
     """:func:`_add_to_sketches` of the added rows, taking the registers already computed for the batch."""
     for name in columns:
         if name in batch:
-            registers = sketches.setdefault(name, bytearray(HLL_M))
-            for i, rank in enumerate(batch[name]):
-                if rank > registers[i]:
-                    registers[i] = rank
+            sketches[name] = bytearray(union(sketches.get(name, bytes(HLL_M)), batch[name]))
     _add_to_sketches(cur, added, {n: k for n, k in columns.items() if n not in batch}, sketches)
 
 
@@ -453,6 +450,11 @@ def _save_sketches(cur, cat, dataset: str, sketches: dict[str, bytearray]) -> No
             "INSERT INTO {}.column_hll (dataset, column_name, registers) VALUES %s "
             "ON CONFLICT (dataset, column_name) DO UPDATE SET registers = EXCLUDED.registers").format(cat).as_string(cur),
             [(dataset, name, bytes(registers)) for name, registers in sketches.items()])
+
+
+def union(a: bytes, b: bytes) -> bytes:
+    """The HyperLogLog registers of the union of two sketches' values (register by register, max)."""
+    return bytes(map(max, a, b))
 
 
 def hll_estimate(registers: bytes) -> float:
