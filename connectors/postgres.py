@@ -242,9 +242,18 @@ CREATE OR REPLACE VIEW {cat}.load_history AS
       FROM {cat}.loads;
 CREATE OR REPLACE VIEW {cat}.schema_history AS
     SELECT dataset, version, changed_at, changes, cause, load_id FROM {cat}.schema_versions;
+-- Up to catalog 4, floating-point columns were sketched hashed as numeric: their sketches go, and
+-- their datasets' statistics are recomputed from the table with the next load.
+WITH old_sketches AS (
+    DELETE FROM {cat}.column_hll h USING {cat}.columns c
+     WHERE obj_description('{cat}.datasets'::regclass, 'pg_class') IN
+           ('dataops catalog 2', 'dataops catalog 3', 'dataops catalog 4')
+       AND c.dataset = h.dataset AND c.name = h.column_name AND c.type IN ('real', 'double precision')
+    RETURNING h.dataset)
+UPDATE {cat}.datasets SET stats_stale = true WHERE name IN (SELECT dataset FROM old_sketches);
 COMMENT ON TABLE {cat}.datasets IS {version};
 """
-CATALOG_VERSION = "dataops catalog 4"
+CATALOG_VERSION = "dataops catalog 5"
 
 
 def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
@@ -720,7 +729,26 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     BATCH, REPLACED = batch_tables(plan, load_id)
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     key = sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))
-    if plan.primary_key:
+    distinct = _distinct_rows([r for r in plan.reports if r.status == "staged"], columns)
+    # The table holds no row the batch could meet: it is new (this transaction made it), or replaced.
+    empty = defer_key or plan.mode == "overwrite"
+    if distinct and not plan.partition_by and (not plan.primary_key or (
+            empty and tuple(plan.primary_key) == (distinct,))):
+        # No two staged rows are equal (nor share a key): they go into the table as they are, and the
+        # catalog reads them where they are staged.
+        if plan.mode == "overwrite":
+            cur.execute(sql.SQL("TRUNCATE {}").format(target))
+        cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM ({s}) src").format(t=target, n=names, s=source))
+        rows = cur.rowcount
+        if defer_key:
+            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, key))
+        rows_after = rows if plan.mode == "overwrite" else prior_rows + rows
+        return rows, rows, stats.Delta(added=sql.SQL("({})").format(source), rows_after=rows_after,
+                                       replaced_table=plan.mode == "overwrite", key=tuple(plan.primary_key),
+                                       staged_values=True, staged_rows=True)
+    if distinct and tuple(plan.primary_key) == (distinct,):
+        rows = sql.SQL("SELECT {n} FROM ({s}) src").format(n=names, s=source)  # each key once already
+    elif plan.primary_key:
         # Upsert keeps the last occurrence of a key in file order, append and overwrite the first.
         order = sql.SQL("_seq DESC, _ord DESC" if plan.mode == "upsert" else "_seq, _ord")
         rows = sql.SQL("SELECT DISTINCT ON ({k}) {n} FROM ({s}) src ORDER BY {k}, {o}").format(
@@ -777,6 +805,20 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
                         key=tuple(plan.primary_key), staged_values=same_values, staged_rows=same_rows and not unchanged)
     return batch_rows + unchanged, inserted, delta
+
+
+def _distinct_rows(staged: list[StageReport], columns: dict[str, str]) -> str | None:
+    """The column no two of the staged rows share a value in, if the inputs show one: each found the
+    same integer column strictly increasing (:attr:`StageReport.ascending`), over ranges that do not
+    overlap, and the table holds it as a type that keeps integers apart."""
+    spans = [r.ascending for r in staged if r.staged_rows]
+    if not spans or None in spans or len({s[0] for s in spans}) != 1:
+        return None
+    name = spans[0][0]
+    if columns.get(name) not in ("smallint", "integer", "bigint", "numeric", "text"):
+        return None
+    spans.sort(key=lambda s: s[1])
+    return name if all(a[2] < b[1] for a, b in zip(spans, spans[1:])) else None
 
 
 def _same_row(columns: dict[str, str], key: Sequence[str]) -> sql.Composable:

@@ -143,11 +143,13 @@ def _database(settings) -> Iterator[str]:
 
 
 def cmd_run(args, settings) -> int:
-    from streaming.daemon import Daemon
+    from streaming.daemon import ConfigWatch, Daemon
 
     config_path = args.config or os.environ.get("DATAOPS_CONFIG")
+    read = ConfigWatch.signature(config_path) if config_path else None  # before an embedded PostgreSQL starts
     with _database(settings) as dsn:
-        return Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP, config_path=config_path).run()
+        return Daemon(settings, dsn, grace_seconds=args.grace, stop_event=EARLY_STOP, config_path=config_path,
+                      config_read=read).run()
 
 
 def cmd_ingest(args, settings) -> int:

@@ -70,10 +70,14 @@ class Daemon:
     """Runs until :meth:`request_stop` (SIGTERM / SIGINT); :meth:`run` returns the exit code."""
 
     def __init__(self, settings, dsn: str, metrics: Metrics | None = None, grace_seconds: float = 60.0,
-                 spark=None, stop_event: threading.Event | None = None, config_path: str | None = None):
+                 spark=None, stop_event: threading.Event | None = None, config_path: str | None = None,
+                 config_read: tuple | None = None):
         self.settings = settings
         self.config_path = config_path
         self._config_watch: ConfigWatch | None = None
+        # The config file as the settings were read from it (ConfigWatch.signature; default: as it is
+        # now): an edit made while the daemon starts, before the watch begins, is applied once it does.
+        self._config_read = config_read or (ConfigWatch.signature(config_path) if config_path else None)
         self._stoppers: list[threading.Thread] = []  # queries of removed or changed datasets, stopping
         self.metrics = metrics or Metrics()
         self._datasets_changed = threading.Event()
@@ -125,7 +129,7 @@ class Daemon:
         return Path(self.settings.landing.path).resolve()
 
     def _run(self) -> int:
-        from streaming.session import create_session
+        from streaming.session import create_session, warm_workers
 
         self._install_signals()
         if self.settings.upload.enabled and not self.settings.metrics.enabled:
@@ -149,6 +153,7 @@ class Daemon:
         if self.spark is None:
             self.spark = create_session(self.settings)
         self.ctx.spark = self.spark
+        warm_workers(self.spark)
         self._listener = progress_listener(self.metrics, self._dataset_of_query)
         self.spark.streams.addListener(self._listener)
         if self.stop_event.is_set():  # asked to stop while Spark was starting
@@ -164,7 +169,7 @@ class Daemon:
             self._shutdown()
             raise
         if self.config_path:
-            self._config_watch = ConfigWatch(self.config_path).start()
+            self._config_watch = ConfigWatch(self.config_path).start(self._config_read)
         self.links.start()
         self._sync_datasets()
         self.running = True
@@ -512,7 +517,18 @@ class ConfigWatch:
         self._lock = threading.Lock()
         self._observer = None
 
-    def start(self) -> "ConfigWatch":
+    @staticmethod
+    def signature(path: str) -> tuple | None:
+        """What tells two versions of the file apart (modification time, size, inode)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def start(self, read: tuple | None = None) -> "ConfigWatch":
+        """Watch from now on; ``read``: the file's :meth:`signature` when the running settings were
+        read from it, so that an edit since then counts as a change too."""
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -532,6 +548,9 @@ class ConfigWatch:
         self._observer.schedule(_Handler(), str(self.path.parent), recursive=False)
         self._observer.daemon = True
         self._observer.start()
+        if read is not None and self.signature(str(self.path)) != read:
+            with self._lock:
+                self._changed_at = time.monotonic()
         return self
 
     def due(self) -> bool:

@@ -125,6 +125,9 @@ class StageReport:
     bad_cut: bool = False  # the part ended inside a quoted field: its cut was not a record boundary
     diff: dict | None = None  # policy fail: how the file differs from the table
     staged_types: list | None = None  # the staging columns' types (None: all text, cast by the merge)
+    # (column, first, last): an integer column whose staged values strictly increase in input
+    # order, so no two staged rows are equal (None: not known).
+    ascending: tuple | None = None
     # Seconds the task spent reading its input ("parse"), cleaning and typing it ("clean_type") and
     # waiting for PostgreSQL to take the rows ("copy").
     timings: dict = dataclasses.field(default_factory=dict)
@@ -183,6 +186,7 @@ class RowStage:
 
     copy_format = "text"  # what copy_chunks yields: COPY text format (str), or "csv" (UTF-8 bytes)
     staged_types: list | None = None  # the staging table's column types after prepare() (None: all text)
+    ascending: tuple | None = None  # StageReport.ascending, known once the rows are staged
 
     def __init__(self, task: StageTask, nulls: frozenset, empty_is_null: bool | None = None):
         import tempfile

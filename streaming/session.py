@@ -29,6 +29,8 @@ DEFAULT_CONF = {
     # micro-batch's creates and renames. The rename stays atomic without it, which is what
     # exactly-once rests on. Files are read through FileSystem, which this leaves alone.
     "spark.hadoop.fs.AbstractFileSystem.file.impl": "org.apache.hadoop.fs.local.RawLocalFs",
+    # Python workers fork from a daemon that has already imported every source and the row stage.
+    "spark.python.daemon.module": "streaming.pyworker",
 }
 
 
@@ -69,6 +71,30 @@ def create_session(settings: Settings):
     _quiet_query_failures(spark, settings.logging.spark_level)
     log.info("spark %s started (master %s)", spark.version, settings.spark.master)
     return spark
+
+
+def warm_workers(spark) -> threading.Thread:
+    """Start the executors' Python daemons now, in the background, rather than in the first batch.
+
+    One trivial task per core makes each executor start :mod:`streaming.pyworker` (a Python
+    process that imports pyarrow, psycopg2 and every source, over a second on a small machine) and
+    fork its workers; the first large batch then starts its tasks at once.
+    """
+    def run() -> None:
+        sc = spark.sparkContext
+        slots = max(1, sc.defaultParallelism)
+        try:
+            sc.parallelize(range(slots), slots).map(_ready).collect()  # driver-ok: one int per task
+        except Exception as exc:  # the first batch starts them instead
+            log.debug("Python workers were not started ahead: %s", exc)
+
+    thread = threading.Thread(target=run, name="dataops-warm-workers", daemon=True)
+    thread.start()
+    return thread
+
+
+def _ready(_: int) -> int:
+    return os.getpid()
 
 
 _LOG4J = """# Written by dataops at start: Spark's logging at logging.spark_level.

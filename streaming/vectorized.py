@@ -123,6 +123,21 @@ def staged(values: pa.Array, kind: str, true_tokens) -> pa.Array:
     return pc.if_else(pc.is_valid(values), truth, pa.scalar(None, pa.bool_()))
 
 
+def ascending_span(values: pa.Array) -> tuple[int, int] | None:
+    """(first, last) of a column of integers that strictly increase row after row, else None (a
+    null, a value that is no integer, a step that does not go up). No two rows holding such a
+    column are equal, which spares the merge its duplicate search."""
+    if not len(values) or values.null_count:
+        return None
+    try:
+        numbers = pc.cast(values, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if len(numbers) > 1 and not pc.all(pc.greater(numbers[1:], numbers[:-1])).as_py():
+        return None
+    return numbers[0].as_py(), numbers[-1].as_py()
+
+
 def copy_csv(columns: list[pa.Array], names: list[str]) -> bytes:
     """The rows as ``COPY ... (FORMAT csv)`` input: NULL as an unquoted empty field, text quoted."""
     table = pa.Table.from_arrays(columns, names=names)

@@ -132,9 +132,9 @@ def run_daemon(spark):
 
     started = []
 
-    def start(settings, config_path=None, metrics=None):
+    def start(settings, config_path=None, metrics=None, config_read=None):
         daemon = Daemon(settings, settings.dsn, metrics=metrics or Metrics(), grace_seconds=30, spark=spark,
-                        config_path=str(config_path) if config_path else None)
+                        config_path=str(config_path) if config_path else None, config_read=config_read)
         thread = threading.Thread(target=daemon.run, name="daemon-under-test")
         thread.start()
         started.append((daemon, thread))

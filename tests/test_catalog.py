@@ -236,6 +236,32 @@ def test_statistics_from_before_an_upgrade_are_recomputed_once(db, make_settings
     assert db.scalar("SELECT stats_stale FROM {c}.datasets") is False
 
 
+def test_a_catalog_4_sketch_of_a_float_column_is_rebuilt_from_the_table(db, make_settings, tmp_path):
+    """Catalog 4 hashed floating-point values as numeric: the upgrade drops those sketches, and the
+    next load recomputes them from the table (the same registers a refresh computes)."""
+    from connectors.postgres import ensure_catalog
+
+    settings = make_settings()
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("id,ratio\n" + "".join(f"{i},{i / 7:.4e}\n" for i in range(300)))
+    b.write_text("id,ratio\n" + "".join(f"{i},{i / 7:.4e}\n" for i in range(300, 400)))
+    load(settings, "floats", a, batch_id=0)
+    assert db.columns("floats")["ratio"] == "double precision"
+    # A catalog 4 as it was: its float sketch built from other hashes (here: the integer column's).
+    db.query("UPDATE {c}.column_hll SET registers = (SELECT registers FROM {c}.column_hll WHERE column_name = 'id') "
+             "WHERE column_name = 'ratio'; COMMENT ON TABLE {c}.datasets IS 'dataops catalog 4'")
+    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    assert db.scalar("SELECT count(*) FROM {c}.column_hll WHERE column_name = 'ratio'") == 0
+    assert db.scalar("SELECT stats_stale FROM {c}.datasets") is True
+    load(settings, "floats", b, batch_id=1)
+    assert_catalog_true(db, settings, "floats")
+    loaded = db.scalar("SELECT registers FROM {c}.column_hll WHERE column_name = 'ratio'")
+    catalog.refresh_dataset(settings.dsn, settings, "floats")
+    assert bytes(db.scalar("SELECT registers FROM {c}.column_hll WHERE column_name = 'ratio'")) == bytes(loaded)
+    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    assert db.scalar("SELECT count(*) FROM {c}.column_hll WHERE column_name = 'ratio'") == 1  # once only
+
+
 def test_a_column_past_the_value_limit_keeps_a_sketch_of_every_value(db, make_settings, tmp_path):
     """Exact value counts need no sketch scan; the sketch made from them and the batch's values when a
     column passes the limit is the one a scan of the whole table gives."""

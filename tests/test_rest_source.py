@@ -206,6 +206,21 @@ def test_a_broken_endpoint_does_not_stop_others_and_recovers(db, make_settings, 
     assert b"s3cr3t" not in generate_latest(registry)
 
 
+def test_an_edit_made_while_the_daemon_starts_takes_effect(db, make_settings, run_daemon, rest_server, tmp_path):
+    from streaming.daemon import ConfigWatch
+
+    api = ItemsApi(rest_server, path="/late", size=10)
+    api.put(1, "t", name="a")
+    settings = make_settings()
+    config = tmp_path / "dataops.yaml"
+    read = ConfigWatch.signature(str(config))  # the file the settings came from
+    doc = yaml.safe_load(config.read_text())
+    doc["endpoints"] = [endpoint_entry(rest_server.url("/late"), name="late")]
+    config.write_text(yaml.safe_dump(doc))  # edited before the daemon watches the file
+    run_daemon(settings, config_path=config, config_read=read)
+    poll(lambda: count(db, "late") == 1, 60, message="endpoint added before the watch began")
+
+
 def test_endpoints_are_added_changed_and_removed_by_editing_the_config(db, make_settings, run_daemon, rest_server,
                                                                        tmp_path, caplog):
     first = ItemsApi(rest_server, path="/first", size=10)

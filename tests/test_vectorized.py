@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pytest
 
 from connectors import csvfast, csvfile
-from streaming import schema
+from streaming import schema, vectorized
 from streaming.config import CsvOptions
 from streaming.rowstage import StageTask
 from tests.helpers import load
@@ -244,3 +244,77 @@ def test_a_column_typed_in_one_file_and_text_in_another_keeps_every_raw_value(db
     assert db.columns("mixed")["code"] == "text" and db.columns("mixed")["at"] == "text"
     codes = db.query("SELECT code, at FROM {s}.mixed WHERE id < 900 ORDER BY id")
     assert codes == [(raw[i % len(raw)], f"2024-01-0{1 + i % 9}T10:00") for i in range(500)]
+
+
+def test_ascending_span_of_integers_that_strictly_increase():
+    assert vectorized.ascending_span(pa.array(["-3", "0", "7", "18"])) == (-3, 18)
+    assert vectorized.ascending_span(pa.array(["5"])) == (5, 5)
+    assert vectorized.ascending_span(pa.array(["1", "1"])) is None  # a step that does not go up
+    assert vectorized.ascending_span(pa.array(["2", "1"])) is None
+    assert vectorized.ascending_span(pa.array(["1", None])) is None
+    assert vectorized.ascending_span(pa.array(["1", "x"])) is None
+    assert vectorized.ascending_span(pa.array([], pa.string())) is None
+
+
+def _rows(ids) -> str:
+    return "id,name,amount\n" + "".join(f'{i},"n, ""{i % 7}""",{i % 100}.5\n' for i in ids)
+
+
+@pytest.mark.parametrize("mode", ["append", "overwrite", "upsert"])
+def test_rows_kept_apart_by_an_ascending_column_load_without_a_duplicate_search(db, make_settings, tmp_path,
+                                                                              monkeypatch, mode):
+    from connectors import postgres
+    from tests.test_catalog import assert_catalog_true
+
+    finished = vectorized_reads(monkeypatch)
+    found = []
+    original = postgres._distinct_rows
+    monkeypatch.setattr(postgres, "_distinct_rows", lambda staged, columns: found.append(
+        original(staged, columns)) or found[-1])
+    settings = make_settings(datasets={"orders": {"mode": mode, **({"primary_key": ["id"]} if mode == "upsert" else {})}})
+    a = _write(tmp_path / "a.csv", _rows(range(0, 1500)))
+    b = _write(tmp_path / "b.csv", _rows(range(1500, 2500)))
+    result = load(settings, "orders", b, a)
+    assert len(finished) == 2 and found == ["id"]
+    assert (result.loaded, result.duplicates) == (2500, 0)
+    assert db.scalar("SELECT count(*) FROM {s}.orders") == db.scalar("SELECT count(DISTINCT id) FROM {s}.orders") == 2500
+    assert db.scalar("SELECT count(*) FROM {s}.orders WHERE name = 'n, \"3\"' AND amount = 3.5") == len(
+        [i for i in range(2500) if i % 7 == 3 and i % 100 == 3])
+    assert_catalog_true(db, settings, "orders")
+    if mode == "upsert":  # the key is in place, and the next batch merges into the rows as usual
+        assert db.scalar("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                         (f"{db.schema}.orders",)) == 1
+        again = _write(tmp_path / "c.csv", _rows(range(2000, 3000)).replace(".5\n", ".25\n"))  # 500 new keys
+        result = load(settings, "orders", again, batch_id=1)
+        assert (result.loaded, result.inserted) == (1000, 500)
+        assert db.scalar("SELECT count(*) FROM {s}.orders") == 3000
+        assert db.scalar("SELECT count(*) FROM {s}.orders WHERE amount % 1 = 0.25") == 1000
+        assert_catalog_true(db, settings, "orders")
+
+
+@pytest.mark.parametrize("case", ["overlapping inputs", "a repeated row", "a step back"])
+def test_exact_duplicates_are_still_removed_where_the_ascending_column_does_not_keep_rows_apart(
+        db, make_settings, tmp_path, monkeypatch, case):
+    from connectors import postgres
+
+    finished = vectorized_reads(monkeypatch)
+    found = []
+    original = postgres._distinct_rows
+    monkeypatch.setattr(postgres, "_distinct_rows", lambda staged, columns: found.append(
+        original(staged, columns)) or found[-1])
+    ids = list(range(2000))
+    if case == "overlapping inputs":  # each input ascends, but the second repeats the first's rows
+        files = [_write(tmp_path / "a.csv", _rows(ids)), _write(tmp_path / "b.csv", _rows(ids))]
+        duplicates = 2000
+    elif case == "a repeated row":
+        files = [_write(tmp_path / "a.csv", _rows(ids[:1200] + [1199] + ids[1200:]))]
+        duplicates = 1
+    else:  # far past the first block: the check spans blocks
+        files = [_write(tmp_path / "a.csv", _rows(ids[:1800] + [3] + ids[1800:]))]
+        duplicates = 1
+    rows_in = sum(f.read_text().count("\n") - 1 for f in files)
+    result = load(make_settings(), "orders", *files)
+    assert len(finished) == len(files) and found == [None]
+    assert result.duplicates == duplicates
+    assert db.scalar("SELECT count(*) FROM {s}.orders") == rows_in - duplicates == result.loaded
+    assert db.scalar("SELECT count(*) FROM (SELECT DISTINCT * FROM {s}.orders) d") == rows_in - duplicates
