@@ -246,7 +246,7 @@ CREATE OR REPLACE VIEW {cat}.schema_history AS
 -- their datasets' statistics are recomputed from the table with the next load.
 WITH old_sketches AS (
     DELETE FROM {cat}.column_hll h USING {cat}.columns c
-     WHERE obj_description('{cat}.datasets'::regclass, 'pg_class') IN
+     WHERE obj_description({datasets}::regclass, 'pg_class') IN
            ('dataops catalog 2', 'dataops catalog 3', 'dataops catalog 4')
        AND c.dataset = h.dataset AND c.name = h.column_name AND c.type IN ('real', 'double precision')
     RETURNING h.dataset)
@@ -267,7 +267,8 @@ def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:
                         (sql.Identifier(catalog_schema, "datasets").as_string(cur),))
             if cur.fetchone()[0] != CATALOG_VERSION:
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('dataops.catalog'))")
-                cur.execute(sql.SQL(CATALOG_DDL).format(cat=sql.Identifier(catalog_schema),
+                datasets = sql.Literal(sql.Identifier(catalog_schema, "datasets").as_string(cur))
+                cur.execute(sql.SQL(CATALOG_DDL).format(cat=sql.Identifier(catalog_schema), datasets=datasets,
                                                         version=sql.Literal(CATALOG_VERSION)))
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(table_schema)))
     finally:

@@ -256,6 +256,17 @@ def test_ascending_span_of_integers_that_strictly_increase():
     assert vectorized.ascending_span(pa.array([], pa.string())) is None
 
 
+def distinct_columns_found(monkeypatch) -> list:
+    """A list that gets, for each merge, the column it found to keep the batch's rows apart (or None)."""
+    from connectors import postgres
+
+    found = []
+    original = postgres._distinct_rows
+    monkeypatch.setattr(postgres, "_distinct_rows", lambda staged, columns: found.append(
+        original(staged, columns)) or found[-1])
+    return found
+
+
 def _rows(ids) -> str:
     return "id,name,amount\n" + "".join(f'{i},"n, ""{i % 7}""",{i % 100}.5\n' for i in ids)
 
@@ -263,14 +274,10 @@ def _rows(ids) -> str:
 @pytest.mark.parametrize("mode", ["append", "overwrite", "upsert"])
 def test_rows_kept_apart_by_an_ascending_column_load_without_a_duplicate_search(db, make_settings, tmp_path,
                                                                               monkeypatch, mode):
-    from connectors import postgres
     from tests.test_catalog import assert_catalog_true
 
     finished = vectorized_reads(monkeypatch)
-    found = []
-    original = postgres._distinct_rows
-    monkeypatch.setattr(postgres, "_distinct_rows", lambda staged, columns: found.append(
-        original(staged, columns)) or found[-1])
+    found = distinct_columns_found(monkeypatch)
     settings = make_settings(datasets={"orders": {"mode": mode, **({"primary_key": ["id"]} if mode == "upsert" else {})}})
     a = _write(tmp_path / "a.csv", _rows(range(0, 1500)))
     b = _write(tmp_path / "b.csv", _rows(range(1500, 2500)))
@@ -295,13 +302,8 @@ def test_rows_kept_apart_by_an_ascending_column_load_without_a_duplicate_search(
 @pytest.mark.parametrize("case", ["overlapping inputs", "a repeated row", "a step back"])
 def test_exact_duplicates_are_still_removed_where_the_ascending_column_does_not_keep_rows_apart(
         db, make_settings, tmp_path, monkeypatch, case):
-    from connectors import postgres
-
     finished = vectorized_reads(monkeypatch)
-    found = []
-    original = postgres._distinct_rows
-    monkeypatch.setattr(postgres, "_distinct_rows", lambda staged, columns: found.append(
-        original(staged, columns)) or found[-1])
+    found = distinct_columns_found(monkeypatch)
     ids = list(range(2000))
     if case == "overlapping inputs":  # each input ascends, but the second repeats the first's rows
         files = [_write(tmp_path / "a.csv", _rows(ids)), _write(tmp_path / "b.csv", _rows(ids))]
