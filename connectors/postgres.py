@@ -723,6 +723,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
 
     The batch's typed, deduplicated rows are materialized once: the insert reads them, and so do
     the catalog statistics (with, for upserts, the old versions of the rows the batch replaces).
+    Staged rows known to be distinct that meet no row of the table go in straight from staging.
     The work tables are UNLOGGED tables of this transaction (dropped before it commits, gone with
     it if it aborts) rather than temporary ones, because PostgreSQL scans only those with parallel
     workers.
@@ -733,47 +734,41 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     distinct = _distinct_rows([r for r in plan.reports if r.status == "staged"], columns)
     # The table holds no row the batch could meet: it is new (this transaction made it), or replaced.
     empty = defer_key or plan.mode == "overwrite"
-    if distinct and not plan.partition_by and (not plan.primary_key or (
-            empty and tuple(plan.primary_key) == (distinct,))):
-        # No two staged rows are equal (nor share a key): they go into the table as they are, and the
-        # catalog reads them where they are staged.
-        if plan.mode == "overwrite":
-            cur.execute(sql.SQL("TRUNCATE {}").format(target))
-        cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM ({s}) src").format(t=target, n=names, s=source))
-        rows = cur.rowcount
-        if defer_key:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, key))
-        rows_after = rows if plan.mode == "overwrite" else prior_rows + rows
-        return rows, rows, stats.Delta(added=sql.SQL("({})").format(source), rows_after=rows_after,
-                                       replaced_table=plan.mode == "overwrite", key=tuple(plan.primary_key),
-                                       staged_values=True, staged_rows=True)
-    if distinct and tuple(plan.primary_key) == (distinct,):
-        rows = sql.SQL("SELECT {n} FROM ({s}) src").format(n=names, s=source)  # each key once already
-    elif plan.primary_key:
-        # Upsert keeps the last occurrence of a key in file order, append and overwrite the first.
-        order = sql.SQL("_seq DESC, _ord DESC" if plan.mode == "upsert" else "_seq, _ord")
-        rows = sql.SQL("SELECT DISTINCT ON ({k}) {n} FROM ({s}) src ORDER BY {k}, {o}").format(
-            k=key, n=names, s=source, o=order)
+    # No two staged rows are equal (nor share a key), and none can meet a row of the table (there is
+    # no key, or the table is new or replaced): they go in as they are, the catalog reads them staged.
+    direct = bool(distinct) and not plan.partition_by and (
+        not plan.primary_key or (empty and tuple(plan.primary_key) == (distinct,)))
+    if direct:
+        added = sql.SQL("({})").format(source)
+        same_values = same_rows = True
     else:
-        rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
-    cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(BATCH, rows))
-    batch_rows = cur.rowcount
-    # Whether the added rows hold exactly the values of the staged ones: only exact duplicates (which
-    # repeat values kept anyway) were left out, or rows equal to the table's (whose values it has).
-    same_values = not plan.primary_key or batch_rows == staged_rows
-    same_rows = batch_rows == staged_rows
-    if batch_rows > 10_000 and plan.primary_key:
-        # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
-        # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
-        cur.execute(sql.SQL("ANALYZE {} ({})").format(BATCH, key))
-    if plan.partition_by:
-        _ensure_partitions(cur, plan, target, BATCH, columns)
+        if distinct and tuple(plan.primary_key) == (distinct,):
+            rows = sql.SQL("SELECT {n} FROM ({s}) src").format(n=names, s=source)  # each key once already
+        elif plan.primary_key:
+            # Upsert keeps the last occurrence of a key in file order, append and overwrite the first.
+            order = sql.SQL("_seq DESC, _ord DESC" if plan.mode == "upsert" else "_seq, _ord")
+            rows = sql.SQL("SELECT DISTINCT ON ({k}) {n} FROM ({s}) src ORDER BY {k}, {o}").format(
+                k=key, n=names, s=source, o=order)
+        else:
+            rows = sql.SQL("SELECT DISTINCT {n} FROM ({s}) src").format(n=names, s=source)
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(BATCH, rows))
+        added, batch_rows = BATCH, cur.rowcount
+        # Whether the added rows hold exactly the values of the staged ones: only exact duplicates (which
+        # repeat values kept anyway) were left out, or rows equal to the table's (whose values it has).
+        same_values = not plan.primary_key or batch_rows == staged_rows
+        same_rows = batch_rows == staged_rows
+        if batch_rows > 10_000 and plan.primary_key:
+            # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
+            # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
+            cur.execute(sql.SQL("ANALYZE {} ({})").format(BATCH, key))
+        if plan.partition_by:
+            _ensure_partitions(cur, plan, target, BATCH, columns)
     removed = None
     replaced = unchanged = 0
     matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = b.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
     if plan.mode == "overwrite":
         cur.execute(sql.SQL("TRUNCATE {}").format(target))
-    elif plan.mode == "upsert":
+    elif plan.mode == "upsert" and not direct:
         # A batch row equal to the table's row of its key changes nothing: it is neither written nor
         # counted in the catalog's deltas (a re-sent file with a few changed rows costs those rows).
         cur.execute(sql.SQL("DELETE FROM {b} b USING {t} t WHERE {m} AND {same}").format(
@@ -785,7 +780,7 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
             t=target, b=BATCH, m=matches))
         replaced, removed = cur.rowcount, REPLACED
         batch_rows -= unchanged
-    elif plan.primary_key:
+    elif plan.primary_key and not direct:
         # Append with a primary key keeps the rows already loaded; batch rows with their keys are duplicates.
         cur.execute(sql.SQL("DELETE FROM {b} b WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(
             b=BATCH, t=target, m=matches))
@@ -798,12 +793,15 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         others = [c for c in columns if c not in plan.primary_key] or list(plan.primary_key[:1])
         conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(key, sql.SQL(", ").join(
             sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in others))
-    cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM {b}{c}").format(t=target, n=names, b=BATCH, c=conflict))
+    cur.execute(sql.SQL("INSERT INTO {t} ({n}) SELECT {n} FROM {b} b{c}").format(t=target, n=names, b=added,
+                                                                                  c=conflict))
+    if direct:
+        batch_rows = cur.rowcount
     if defer_key:
         cur.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, key))
     inserted = batch_rows - replaced
     rows_after = batch_rows if plan.mode == "overwrite" else prior_rows + inserted
-    delta = stats.Delta(added=BATCH, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
+    delta = stats.Delta(added=added, rows_after=rows_after, removed=removed, replaced_table=plan.mode == "overwrite",
                         key=tuple(plan.primary_key), staged_values=same_values, staged_rows=same_rows and not unchanged)
     return batch_rows + unchanged, inserted, delta
 

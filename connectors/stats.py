@@ -343,10 +343,11 @@ def _share_sketches(columns: dict[str, str], many) -> tuple[dict[str, str], dict
     lighter by the aggregates of every column that its session also computes."""
     shares: tuple[dict[str, str], dict[str, str]] = ({}, {})
     load = [0, AGGREGATE_COST * len(columns)]
-    for name in sorted((n for n in columns if n in many), key=lambda n: -SKETCH_COST.get(columns[n], 660)):
+    cost = {n: SKETCH_COST.get(kind, SKETCH_COST["text"]) for n, kind in columns.items() if n in many}
+    for name in sorted(cost, key=lambda n: -cost[n]):
         i = 0 if load[0] <= load[1] else 1
         shares[i][name] = columns[name]
-        load[i] += SKETCH_COST.get(columns[name], 660)
+        load[i] += cost[name]
     return shares
 
 
@@ -372,7 +373,11 @@ class BatchSketches:
         self._registers: dict[str, bytearray] = {}
         self._aggregates: dict[str, tuple] | None = None
         # Two sessions, sharing the sketch scans by cost (the second also aggregates): with the
-        # merge's own session, the batch's catalog work spreads over both cores.
+        # merge's own session, the batch's catalog work spreads over both cores. The first finds
+        # which columns need sketches and shares them out, so both go by the same rows.
+        self._shares: tuple[dict[str, str], dict[str, str]] | None = None
+        self._shared = threading.Event()
+        self._cancelled = False
         self._threads = [threading.Thread(target=self._run, args=(dsn, source, dict(columns), part), daemon=True,
                                           name=f"dataops-batch-sketches-{part}") for part in (0, 1)]
         for thread in self._threads:
@@ -388,16 +393,25 @@ class BatchSketches:
                 with conn, conn.cursor() as cur:
                     cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
                     rows = sql.SQL("({})").format(source)
-                    mine = _share_sketches(columns, _many_values(cur, rows, columns))[part]
-                    sketches: dict[str, bytearray] = {}
-                    _add_to_sketches(cur, rows, mine, sketches)
-                    self._registers.update(sketches)  # the two parts' columns differ
+                    if part == 0:
+                        self._shares = _share_sketches(columns, _many_values(cur, rows, columns))
+                        self._shared.set()
+                    else:
+                        self._shared.wait()
+                    if self._cancelled:
+                        return
+                    if self._shares is not None:
+                        sketches: dict[str, bytearray] = {}
+                        _add_to_sketches(cur, rows, self._shares[part], sketches)
+                        self._registers.update(sketches)  # the two shares' columns differ
                     if part == 1:
                         self._aggregates = _aggregate(cur, rows, columns)
             finally:
                 conn.close()
         except Exception as exc:  # the merge scans the rows itself
             log.debug("batch sketches failed: %s", exc)
+        finally:
+            self._shared.set()  # the first session failed: the second still aggregates
 
     def _join(self) -> None:
         for thread in self._threads:
@@ -415,6 +429,7 @@ class BatchSketches:
 
     def cancel(self) -> None:
         """Stop the scans that still run (the merge no longer needs them) and wait for the threads."""
+        self._cancelled = True
         for conn in list(self._conns):
             try:
                 conn.cancel()
