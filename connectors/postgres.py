@@ -410,19 +410,19 @@ def _merge(cur, plan: MergePlan, dsn: str) -> MergeResult:
     widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
         source = _source_query(plan, staged, columns)
-        # The catalog's sketches of a large batch are computed from its staged rows on other
-        # sessions while this one writes (see stats.BatchSketches).
-        sketches = stats.BatchSketches(dsn, source, columns) if staged_rows >= stats.SIDE_SKETCH_ROWS else None
+        side = _SideSketches(dsn, source, columns, staged_rows)
+        if plan.mode != "upsert" or defer_key:  # an upsert into a table starts them once it knows (_write)
+            side.start()
         try:
             loaded, inserted, delta = _write(cur, plan, target, source, columns, prior_rows, load_id, defer_key,
-                                             staged_rows)
-            if sketches is not None and delta.staged_values:
-                delta.batch_sketches = sketches.result()
+                                             staged_rows, side)
+            if side.sketches is not None and delta.staged_values:
+                delta.batch_sketches = side.sketches.result()
                 if delta.staged_rows:
-                    delta.batch_aggregates = sketches.aggregates()
+                    delta.batch_aggregates = side.sketches.aggregates()
+                    delta.batch_value_counts = side.sketches.value_counts()
         finally:
-            if sketches is not None:
-                sketches.cancel()
+            side.cancel()
         delta.widened, delta.recompute = widened, stats_stale
         if plan.on_phase is not None:
             plan.on_phase("catalog")
@@ -717,8 +717,25 @@ def batch_tables(plan: MergePlan, load_id: int) -> tuple[sql.Identifier, sql.Ide
             sql.Identifier(plan.stage_schema, f"load_{load_id}_replaced"))
 
 
+class _SideSketches:
+    """The catalog's sketches of a large batch, computed from its staged rows on other sessions while
+    the merge writes (:class:`stats.BatchSketches`), once :meth:`start` finds them worth it."""
+
+    def __init__(self, dsn: str, source: sql.Composable, columns: dict[str, str], rows: int):
+        self.args = (dsn, source, columns, rows)
+        self.sketches: stats.BatchSketches | None = None
+
+    def start(self) -> None:
+        if self.sketches is None and self.args[3] >= stats.SIDE_SKETCH_ROWS:
+            self.sketches = stats.BatchSketches(*self.args)
+
+    def cancel(self) -> None:
+        if self.sketches is not None:
+            self.sketches.cancel()
+
+
 def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_rows: int, load_id: int,
-           defer_key: bool = False, staged_rows: int | None = None):
+           defer_key: bool = False, staged_rows: int | None = None, side: _SideSketches | None = None):
     """Run the mode's set-based statements; return (rows written, rows newly inserted, stats delta).
 
     The batch's typed, deduplicated rows are materialized once: the insert reads them, and so do
@@ -738,12 +755,21 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     # no key, or the table is new or replaced): they go in as they are, the catalog reads them staged.
     direct = bool(distinct) and not plan.partition_by and (
         not plan.primary_key or (empty and tuple(plan.primary_key) == (distinct,)))
+    matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = b.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+    # Rows equal to the table's row of their key are left out as the batch is copied (an anti-join),
+    # rather than copied and deleted: possible where no two staged rows share a key.
+    folded = False
+    unchanged = 0
     if direct:
         added = sql.SQL("({})").format(source)
         same_values = same_rows = True
     else:
         if distinct and tuple(plan.primary_key) == (distinct,):
-            rows = sql.SQL("SELECT {n} FROM ({s}) src").format(n=names, s=source)  # each key once already
+            rows = sql.SQL("SELECT {n} FROM ({s}) b").format(n=names, s=source)  # each key once already
+            if plan.mode == "upsert":
+                rows = sql.SQL("{} WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE {m} AND {same})").format(
+                    rows, t=target, m=matches, same=_same_row(columns, plan.primary_key))
+                folded = True
         elif plan.primary_key:
             # Upsert keeps the last occurrence of a key in file order, append and overwrite the first.
             order = sql.SQL("_seq DESC, _ord DESC" if plan.mode == "upsert" else "_seq, _ord")
@@ -755,8 +781,10 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         added, batch_rows = BATCH, cur.rowcount
         # Whether the added rows hold exactly the values of the staged ones: only exact duplicates (which
         # repeat values kept anyway) were left out, or rows equal to the table's (whose values it has).
-        same_values = not plan.primary_key or batch_rows == staged_rows
-        same_rows = batch_rows == staged_rows
+        if folded:
+            unchanged = staged_rows - batch_rows
+        same_values = not plan.primary_key or batch_rows + unchanged == staged_rows
+        same_rows = batch_rows + unchanged == staged_rows
         if batch_rows > 10_000 and plan.primary_key:
             # Only the key joins the table: its statistics plan those joins. Other columns are only scanned
             # and grouped, which without statistics PostgreSQL spreads over parallel workers as whole scans.
@@ -764,22 +792,26 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
         if plan.partition_by:
             _ensure_partitions(cur, plan, target, BATCH, columns)
     removed = None
-    replaced = unchanged = 0
-    matches = sql.SQL(" AND ").join(sql.SQL("t.{c} = b.{c}").format(c=sql.Identifier(c)) for c in plan.primary_key)
+    replaced = 0
     if plan.mode == "overwrite":
         cur.execute(sql.SQL("TRUNCATE {}").format(target))
     elif plan.mode == "upsert" and not direct:
         # A batch row equal to the table's row of its key changes nothing: it is neither written nor
         # counted in the catalog's deltas (a re-sent file with a few changed rows costs those rows).
-        cur.execute(sql.SQL("DELETE FROM {b} b USING {t} t WHERE {m} AND {same}").format(
-            b=BATCH, t=target, m=matches, same=_same_row(columns, plan.primary_key)))
-        unchanged = cur.rowcount
+        if not folded:
+            cur.execute(sql.SQL("DELETE FROM {b} b USING {t} t WHERE {m} AND {same}").format(
+                b=BATCH, t=target, m=matches, same=_same_row(columns, plan.primary_key)))
+            unchanged = cur.rowcount
+            batch_rows -= unchanged
+        if side is not None and 2 * batch_rows >= (staged_rows or 0):
+            # Most staged rows change the table: sketch them beside the rest of the merge. Otherwise the
+            # catalog sketches the few changed rows from the batch table (a re-sent file costs what changed).
+            side.start()
         cur.execute(sql.SQL("CREATE UNLOGGED TABLE {r} AS SELECT {tn} FROM {t} t "
                             "WHERE EXISTS (SELECT 1 FROM {b} b WHERE {m})").format(
             r=REPLACED, tn=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
             t=target, b=BATCH, m=matches))
         replaced, removed = cur.rowcount, REPLACED
-        batch_rows -= unchanged
     elif plan.primary_key and not direct:
         # Append with a primary key keeps the rows already loaded; batch rows with their keys are duplicates.
         cur.execute(sql.SQL("DELETE FROM {b} b WHERE EXISTS (SELECT 1 FROM {t} t WHERE {m})").format(

@@ -41,6 +41,7 @@ TOP_VALUES_SHOWN = 10
 SAMPLED_ROWS = 10_000  # added rows in which many distinct values end exact value counts early
 MAX_DRIFT = 0.005  # overwritten distinct values tolerated in a sketch, as a share of its estimate
 SIDE_SKETCH_ROWS = 50_000  # batches with at least this many staged rows get BatchSketches
+FLOOR_MARGIN = 12.0  # a scan groups only ranks every register reaches with probability 1 - e^-12 (rank_floor)
 MAX_SELECT_LIST = 1600  # PostgreSQL refuses select lists of more than 1664 entries
 
 NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision")
@@ -49,6 +50,7 @@ NUMERIC = ("smallint", "integer", "bigint", "numeric", "real", "double precision
 SKETCH_COST = {"smallint": 390, "integer": 390, "bigint": 390, "numeric": 560, "real": 230, "double precision": 230,
                "timestamp": 430, "timestamptz": 430, "date": 150, "boolean": 150, "text": 660, "jsonb": 800}
 AGGREGATE_COST = 85
+VALUE_COUNT_COST = 220  # a column's exact value counts (grouped, one of the scan's grouping sets)
 TEMPORAL = ("date", "timestamp", "timestamptz")
 
 
@@ -79,6 +81,8 @@ class Delta:
     staged_rows: bool = False  # ... and exactly its staged rows (none left out at all)
     batch_sketches: dict | None = None  # column -> registers of the added rows' values (BatchSketches)
     batch_aggregates: dict | None = None  # column -> _aggregate of the added rows (BatchSketches)
+    # (columns counted, their _value_counts) of the added rows (BatchSketches)
+    batch_value_counts: tuple[frozenset, list, set] | None = None
 
 
 def measures(kind: str) -> str:
@@ -118,7 +122,8 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         for name in rebuild:
             sketches.pop(name, None)
             stats[name].drift = 0
-        _add_to_sketches(cur, target, {n: columns[n] for n in columns if n in rebuild}, sketches)
+        _add_to_sketches(cur, target, {n: columns[n] for n in columns if n in rebuild}, sketches,
+                         {n: estimates[n] / HLL_M for n in rebuild})
         estimates.update({n: hll_estimate(sketches[n]) for n in rebuild})
     tracked = [n for n, s in stats.items() if s.top_values is not None]
     _count_values(cur, delta, columns, stats)
@@ -314,7 +319,8 @@ def _hash_of(ident: sql.Composable, kind: str) -> sql.Composable:
     return sql.SQL("hashtextextended({}, 0)").format(ident)
 
 
-def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], sketches: dict[str, bytearray]) -> None:
+def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], sketches: dict[str, bytearray],
+                     spread: dict[str, float] | None = None) -> None:
     """Merge ``relation``'s values into each column's HyperLogLog registers (in ``sketches``).
 
     The low ``HLL_P`` bits of a value's hash pick the register; its rank is one more than the number
@@ -322,11 +328,54 @@ def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], ske
     is the one whose remaining bits are smallest, so PostgreSQL returns ``min`` of them per register:
     integer work per value, one grouped scan per column (``UNION ALL`` runs about twice as fast as
     unpivoting every column in one scan), at most 2^14 rows per column back to the driver.
+
+    Grouping the values costs several times hashing them. ``spread`` (column -> distinct values
+    expected per register) lets a scan group only the values of rank :func:`rank_floor` or more
+    (one in 2^(floor-1)), which every register almost surely holds; the registers that hold none
+    are scanned again, all their values. Either way the registers are exactly those of all values.
     """
     if not columns:
         return
+    floors = {n: rank_floor((spread or {}).get(n, 0.0)) for n in columns}
+    found: dict[str, bytearray] = {}
     _merge_registers(cur, sql.SQL(" UNION ALL ").join(
-        _register_scan(name, _hash(name, kind), relation) for name, kind in columns.items()), columns, sketches)
+        _register_scan(name, _hash(name, kind), relation, floors[name]) for name, kind in columns.items()),
+        columns, found)
+    missing = {n: [i for i, rank in enumerate(found[n]) if not rank] for n in columns if floors[n] > 1}
+    missing = {n: idx for n, idx in missing.items() if idx}
+    if missing:
+        _merge_registers(cur, sql.SQL(" UNION ALL ").join(
+            _register_scan(name, _hash(name, columns[name]), relation, 1, idx) for name, idx in missing.items()),
+            missing, found)
+    for name, registers in found.items():
+        sketches[name] = bytearray(union(sketches[name], registers)) if name in sketches else registers
+
+
+def rank_floor(per_register: float) -> int:
+    """The highest rank that a register with ``per_register`` distinct values almost surely reaches:
+    one in 2^(rank-1) values has that rank or more, and the expected number of the 2^14 registers
+    with none of them stays below 0.1 (e^-12 each)."""
+    rank = 1
+    while per_register * 2.0 ** -rank >= FLOOR_MARGIN:
+        rank += 1
+    return rank
+
+
+def distinct_estimate(sampled: int, distinct: int, rows: int) -> float:
+    """Distinct values expected in ``rows`` rows whose first ``sampled`` rows hold ``distinct``:
+    the ``d`` with d·(1 − e^(−sampled/d)) = distinct (values drawn evenly), at most ``rows``."""
+    if sampled <= 0 or distinct >= sampled:
+        return float(rows)
+    low, high = float(distinct), float(max(rows, distinct))
+    if high * -math.expm1(-sampled / high) <= distinct:
+        return high
+    for _ in range(60):
+        mid = (low + high) / 2
+        if mid * -math.expm1(-sampled / mid) < distinct:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def _add_batch_sketches(cur, added: sql.Composable, columns: dict[str, str], sketches: dict[str, bytearray],
@@ -338,12 +387,19 @@ def _add_batch_sketches(cur, added: sql.Composable, columns: dict[str, str], ske
     _add_to_sketches(cur, added, {n: k for n, k in columns.items() if n not in batch}, sketches)
 
 
-def _share_sketches(columns: dict[str, str], many) -> tuple[dict[str, str], dict[str, str]]:
-    """The sketch scans of ``many`` columns in two shares of about equal cost, the second share
-    lighter by the aggregates of every column that its session also computes."""
+def _share_sketches(columns: dict[str, str], many, spread: dict[str, float] | None = None
+                    ) -> tuple[dict[str, str], dict[str, str]]:
+    """The sketch scans of ``many`` columns in two shares of about equal cost, the first share
+    lighter by the value counts of the other columns, the second by the aggregates of every
+    column, which their sessions also compute. A scan that groups one value in 2^(floor-1)
+    (``spread``, see :func:`_add_to_sketches`) costs its hashing (a third) and that share of the
+    grouping."""
     shares: tuple[dict[str, str], dict[str, str]] = ({}, {})
-    load = [0, AGGREGATE_COST * len(columns)]
-    cost = {n: SKETCH_COST.get(kind, SKETCH_COST["text"]) for n, kind in columns.items() if n in many}
+    load = [float(VALUE_COUNT_COST * sum(1 for n in columns if n not in many)),
+            float(AGGREGATE_COST * len(columns))]
+    floors = {n: rank_floor((spread or {}).get(n, 0.0)) for n in columns}
+    cost = {n: SKETCH_COST.get(kind, SKETCH_COST["text"]) * (1 + 2 * 2.0 ** (1 - floors[n])) / 3
+            for n, kind in columns.items() if n in many}
     for name in sorted(cost, key=lambda n: -cost[n]):
         i = 0 if load[0] <= load[1] else 1
         shares[i][name] = columns[name]
@@ -352,38 +408,41 @@ def _share_sketches(columns: dict[str, str], many) -> tuple[dict[str, str], dict
 
 
 class BatchSketches:
-    """The HyperLogLog registers, counts, bounds and sums of a batch's staged rows, computed on two
-    other sessions while the merge transaction writes the rows.
+    """The HyperLogLog registers, counts, bounds, sums and exact value counts of a batch's staged
+    rows, computed on two other sessions while the merge transaction writes the rows.
 
     On a large batch the sketch scans are the catalog's largest cost, and the merge's session would
     run them one after another on one core. The staged rows, typed as the table holds them
     (``source``), are committed and readable by other sessions, so two threads scan them while the
     merge writes, and the work spreads over the cores. The registers describe the added rows
     exactly when the merge left out only exact duplicates or rows the table already holds
-    (``Delta.staged_values``); the counts, bounds and sums only when it left out no row at all
-    (``Delta.staged_rows``); otherwise the merge scans the added rows itself. Only columns with
-    more than :data:`TOP_VALUES_LIMIT` values in the first rows are sketched (the others keep exact
-    value counts). A failure only means the merge scans the rows itself.
+    (``Delta.staged_values``); the counts, bounds, sums and value counts only when it left out no
+    row at all (``Delta.staged_rows``); otherwise the merge scans the added rows itself. Only
+    columns with more than :data:`TOP_VALUES_LIMIT` values in the first rows are sketched; the
+    others are counted value by value. A failure only means the merge scans the rows itself.
     """
 
-    def __init__(self, dsn: str, source: sql.Composable, columns: dict[str, str]):
+    def __init__(self, dsn: str, source: sql.Composable, columns: dict[str, str], rows: int):
         import threading
 
         self._conns: list = []
         self._registers: dict[str, bytearray] = {}
         self._aggregates: dict[str, tuple] | None = None
-        # Two sessions, sharing the sketch scans by cost (the second also aggregates): with the
-        # merge's own session, the batch's catalog work spreads over both cores. The first finds
-        # which columns need sketches and shares them out, so both go by the same rows.
+        self._value_counts: tuple[frozenset, list, set] | None = None
+        # Two sessions, sharing the sketch scans by cost (the first also counts values, the second
+        # aggregates): with the merge's own session, the batch's catalog work spreads over both
+        # cores. The first finds which columns need sketches and shares them out, so both go by the
+        # same rows.
         self._shares: tuple[dict[str, str], dict[str, str]] | None = None
         self._shared = threading.Event()
         self._cancelled = False
-        self._threads = [threading.Thread(target=self._run, args=(dsn, source, dict(columns), part), daemon=True,
-                                          name=f"dataops-batch-sketches-{part}") for part in (0, 1)]
+        self._spread: dict[str, float] = {}
+        self._threads = [threading.Thread(target=self._run, args=(dsn, source, dict(columns), rows, part),
+                                          daemon=True, name=f"dataops-batch-sketches-{part}") for part in (0, 1)]
         for thread in self._threads:
             thread.start()
 
-    def _run(self, dsn: str, source: sql.Composable, columns: dict[str, str], part: int) -> None:
+    def _run(self, dsn: str, source: sql.Composable, columns: dict[str, str], rows: int, part: int) -> None:
         import psycopg2
 
         try:
@@ -392,9 +451,15 @@ class BatchSketches:
             try:
                 with conn, conn.cursor() as cur:
                     cur.execute("SET LOCAL work_mem = '64MB'; SET LOCAL TimeZone = 'UTC'; SET LOCAL jit = off")
-                    rows = sql.SQL("({})").format(source)
+                    staged = sql.SQL("({})").format(source)
                     if part == 0:
-                        self._shares = _share_sketches(columns, _many_values(cur, rows, columns))
+                        counts = _sampled_distinct(cur, staged, columns)
+                        sampled = min(SAMPLED_ROWS, rows)
+                        # The non-null values of the batch, in the sample's proportion, drawn from how many distinct.
+                        self._spread = {n: distinct_estimate(filled, c, rows * filled // max(sampled, 1)) / HLL_M
+                                        for n, (c, filled) in counts.items()}
+                        many = {n for n, (c, _) in counts.items() if c > TOP_VALUES_LIMIT}
+                        self._shares = _share_sketches(columns, many, self._spread)
                         self._shared.set()
                     else:
                         self._shared.wait()
@@ -402,10 +467,14 @@ class BatchSketches:
                         return
                     if self._shares is not None:
                         sketches: dict[str, bytearray] = {}
-                        _add_to_sketches(cur, rows, self._shares[part], sketches)
+                        _add_to_sketches(cur, staged, self._shares[part], sketches, self._spread)
                         self._registers.update(sketches)  # the two shares' columns differ
+                    if part == 0:
+                        few = {n: k for n, k in columns.items() if n not in many}
+                        if few:
+                            self._value_counts = (frozenset(few), *_value_counts(cur, staged, few))
                     if part == 1:
-                        self._aggregates = _aggregate(cur, rows, columns)
+                        self._aggregates = _aggregate(cur, staged, columns)
             finally:
                 conn.close()
         except Exception as exc:  # the merge scans the rows itself
@@ -426,6 +495,12 @@ class BatchSketches:
         """Wait for the staged rows' :func:`_aggregate` (None if it could not be computed)."""
         self._join()
         return self._aggregates
+
+    def value_counts(self) -> tuple[frozenset, list, set] | None:
+        """Wait for the staged rows' :func:`_value_counts` of the columns with few values in their
+        first rows: (those columns, the counts, the columns past the limit), or None."""
+        self._join()
+        return self._value_counts
 
     def cancel(self) -> None:
         """Stop the scans that still run (the merge no longer needs them) and wait for the threads."""
@@ -449,12 +524,21 @@ def _add_values_to_sketches(cur, values: dict[str, tuple[str, list[str]]], sketc
         for name, (kind, texts) in values.items()), values, sketches)
 
 
-def _register_scan(name: str, hashed: sql.Composable, relation: sql.Composable) -> sql.Composable:
-    """Per register of one column, the smallest remaining hash bits of ``relation``'s values."""
+def _register_scan(name: str, hashed: sql.Composable, relation: sql.Composable, floor: int = 1,
+                   registers: Sequence[int] | None = None) -> sql.Composable:
+    """Per register of one column, the smallest remaining hash bits of ``relation``'s values: of the
+    values of rank ``floor`` or more only, and in ``registers`` only if given."""
+    where = [sql.SQL("h IS NOT NULL")]
+    if floor > 1:  # rank >= floor: the remaining bits are below 2^(HLL_Q + 1 - floor)
+        where.append(sql.SQL("(h >> {p}) & {wmask} < {bound}").format(
+            p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1), bound=sql.Literal(1 << (HLL_Q + 1 - floor))))
+    if registers is not None:  # a constant array: PostgreSQL looks each value up in a hash table
+        where.append(sql.SQL("(h & {mask})::int = ANY({regs}::int[])").format(
+            mask=sql.Literal(HLL_M - 1), regs=sql.Literal("{" + ",".join(map(str, registers)) + "}")))
     return sql.SQL("SELECT {name}, (h & {mask})::int, min((h >> {p}) & {wmask}) "
-                   "FROM (SELECT {hash} AS h FROM {rel} rel) s WHERE h IS NOT NULL GROUP BY 2").format(
+                   "FROM (SELECT {hash} AS h FROM {rel} rel) s WHERE {where} GROUP BY 2").format(
         name=sql.Literal(name), hash=hashed, rel=relation, mask=sql.Literal(HLL_M - 1),
-        p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1))
+        p=sql.Literal(HLL_P), wmask=sql.Literal((1 << HLL_Q) - 1), where=sql.SQL(" AND ").join(where))
 
 
 def _merge_registers(cur, query: sql.Composable, columns, sketches: dict[str, bytearray]) -> None:
@@ -550,7 +634,12 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
     for relation, sign in ((delta.added, 1), (delta.removed, -1)):
         if relation is None:
             continue
-        counted, many = _value_counts(cur, relation, {n: columns[n] for n in tracked})
+        known = delta.batch_value_counts if sign > 0 else None
+        if known is not None and known[0].issuperset(tracked):  # counted from the staged rows beside the merge
+            counted = [row for row in known[1] if row[0] in tracked]
+            many = {n for n in known[2] if n in tracked}
+        else:
+            counted, many = _value_counts(cur, relation, {n: columns[n] for n in tracked})
         for name in many:
             stats[name].top_values = None
         tracked = [n for n in tracked if n not in many]
@@ -567,17 +656,21 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
 def _many_values(cur, relation: sql.Composable, columns: dict[str, str]) -> set[str]:
     """Columns with more than :data:`TOP_VALUES_LIMIT` distinct values in the first
     :data:`SAMPLED_ROWS` rows of ``relation``."""
-    if not columns:
-        return set()
-    names = list(columns)
-    many: set[str] = set()
-    for part in select_lists(names, 1):
+    return {n for n, (count, _) in _sampled_distinct(cur, relation, columns).items() if count > TOP_VALUES_LIMIT}
+
+
+def _sampled_distinct(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Each column's (distinct values, non-null values) in the first :data:`SAMPLED_ROWS` rows of ``relation``."""
+    counts: dict[str, tuple[int, int]] = {}
+    names, size = list(columns), MAX_SELECT_LIST // 2
+    for part in (names[i:i + size] for i in range(0, len(names), size)):
         cur.execute(sql.SQL("SELECT {} FROM (SELECT * FROM {} rel LIMIT {}) rel").format(
-            sql.SQL(", ").join(sql.SQL("count(DISTINCT {}) > {}").format(
-                _value_key(n, columns[n]), sql.Literal(TOP_VALUES_LIMIT)) for n in part),
+            sql.SQL(", ").join(sql.SQL("count(DISTINCT {k}), count({c})").format(
+                k=_value_key(n, columns[n]), c=sql.Identifier(n)) for n in part),
             relation, sql.Literal(SAMPLED_ROWS)))
-        many.update(n for n, over in zip(part, cur.fetchone()) if over)
-    return many
+        row = cur.fetchone()
+        counts.update((n, (row[2 * i], row[2 * i + 1])) for i, n in enumerate(part))
+    return counts
 
 
 def _value_counts(cur, relation: sql.Composable, columns: dict[str, str]) -> tuple[list[tuple[str, str, int]], set[str]]:

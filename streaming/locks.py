@@ -186,7 +186,15 @@ class CatalogLock:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=KEEPALIVE_SECONDS + 10)
-        self._close()  # ending the session releases its advisory locks
+        if self._conn is not None and not self._conn.closed:
+            # Released before the session ends: its backend drops its locks only as it exits, after
+            # the close returns, so a process starting right after this one could still find it held.
+            try:
+                with self._conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg2.Error:
+                pass  # the session is gone, and its locks with it
+        self._close()
 
 
 def lock_key(catalog_schema: str) -> int:

