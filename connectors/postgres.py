@@ -411,8 +411,6 @@ def _merge(cur, plan: MergePlan, dsn: str) -> MergeResult:
     if staged_rows:
         source = _source_query(plan, staged, columns)
         side = _SideSketches(dsn, source, columns, staged_rows)
-        if plan.mode != "upsert" or defer_key:  # an upsert into a table starts them once it knows (_write)
-            side.start()
         try:
             loaded, inserted, delta = _write(cur, plan, target, source, columns, prior_rows, load_id, defer_key,
                                              staged_rows, side)
@@ -722,12 +720,12 @@ class _SideSketches:
     the merge writes (:class:`stats.BatchSketches`), once :meth:`start` finds them worth it."""
 
     def __init__(self, dsn: str, source: sql.Composable, columns: dict[str, str], rows: int):
-        self.args = (dsn, source, columns, rows)
+        self.dsn, self.source, self.columns, self.rows = dsn, source, columns, rows
         self.sketches: stats.BatchSketches | None = None
 
     def start(self) -> None:
-        if self.sketches is None and self.args[3] >= stats.SIDE_SKETCH_ROWS:
-            self.sketches = stats.BatchSketches(*self.args)
+        if self.sketches is None and self.rows >= stats.SIDE_SKETCH_ROWS:
+            self.sketches = stats.BatchSketches(self.dsn, self.source, self.columns, self.rows)
 
     def cancel(self) -> None:
         if self.sketches is not None:
@@ -746,6 +744,8 @@ def _write(cur, plan: MergePlan, target, source, columns: dict[str, str], prior_
     workers.
     """
     BATCH, REPLACED = batch_tables(plan, load_id)
+    if side is not None and (plan.mode != "upsert" or defer_key):
+        side.start()  # an upsert into a table starts them once it knows how many rows change (below)
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     key = sql.SQL(", ").join(map(sql.Identifier, plan.primary_key))
     distinct = _distinct_rows([r for r in plan.reports if r.status == "staged"], columns)

@@ -348,7 +348,7 @@ def _add_to_sketches(cur, relation: sql.Composable, columns: dict[str, str], ske
             _register_scan(name, _hash(name, columns[name]), relation, 1, idx) for name, idx in missing.items()),
             missing, found)
     for name, registers in found.items():
-        sketches[name] = bytearray(union(sketches[name], registers)) if name in sketches else registers
+        sketches[name] = bytearray(union(sketches.get(name, bytes(HLL_M)), registers))
 
 
 def rank_floor(per_register: float) -> int:
@@ -458,7 +458,7 @@ class BatchSketches:
                         # The non-null values of the batch, in the sample's proportion, drawn from how many distinct.
                         self._spread = {n: distinct_estimate(filled, c, rows * filled // max(sampled, 1)) / HLL_M
                                         for n, (c, filled) in counts.items()}
-                        many = {n for n, (c, _) in counts.items() if c > TOP_VALUES_LIMIT}
+                        many = _past_limit(counts)
                         self._shares = _share_sketches(columns, many, self._spread)
                         self._shared.set()
                     else:
@@ -656,7 +656,12 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
 def _many_values(cur, relation: sql.Composable, columns: dict[str, str]) -> set[str]:
     """Columns with more than :data:`TOP_VALUES_LIMIT` distinct values in the first
     :data:`SAMPLED_ROWS` rows of ``relation``."""
-    return {n for n, (count, _) in _sampled_distinct(cur, relation, columns).items() if count > TOP_VALUES_LIMIT}
+    return _past_limit(_sampled_distinct(cur, relation, columns))
+
+
+def _past_limit(sampled: dict[str, tuple[int, int]]) -> set[str]:
+    """The columns of :func:`_sampled_distinct` with more than :data:`TOP_VALUES_LIMIT` distinct values."""
+    return {n for n, (count, _) in sampled.items() if count > TOP_VALUES_LIMIT}
 
 
 def _sampled_distinct(cur, relation: sql.Composable, columns: dict[str, str]) -> dict[str, tuple[int, int]]:
