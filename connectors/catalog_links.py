@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MIN_CONTAINMENT = 0.5
 MAX_SKETCH_ERROR = 0.05
 MAX_PAIRS = 6  # two-column keys verified per dataset and batch
+PAIR_SAMPLE_ROWS = 10_000  # rows a pair must be unique in before the whole table is checked
 _HLL_SE = 1.04 / HLL_M ** 0.5
 _FAMILY = {"smallint": "integer", "integer": "integer", "bigint": "integer", "text": "text"}
 # Measurements (decimals, floating point) that happen not to repeat are no keys.
@@ -146,7 +147,8 @@ def key_candidates(cur, dataset: dict, columns: dict[str, dict]) -> list[list[st
 
     Pairs are looked for only when no single column is a key, among non-null columns whose distinct
     counts multiply to at least the row count, at most :data:`MAX_PAIRS` of them, verified exactly
-    in SQL on tables of at most ``EXACT_ROWS`` rows.
+    in SQL on tables of at most ``EXACT_ROWS`` rows: first over the table's first
+    :data:`PAIR_SAMPLE_ROWS` rows (a pair repeated there is no key), then the pairs left over all rows.
     """
     pk = list(dataset["primary_key"] or [])
     out = [pk] if pk and all(c in columns for c in pk) else []
@@ -160,14 +162,24 @@ def key_candidates(cur, dataset: dict, columns: dict[str, dict]) -> list[list[st
     pairs.sort(key=lambda p: (-sum(_id_like(c["name"]) for c in p), -(p[0]["distinct_count"] * p[1]["distinct_count"]),
                               p[0]["ordinal"], p[1]["ordinal"]))
     pairs = pairs[:MAX_PAIRS]
+    table = sql.Identifier(dataset["table_schema"], dataset["table_name"])
+    # A pair repeated among the first rows is no key: most pairs are ruled out by a scan of those.
+    if rows > PAIR_SAMPLE_ROWS:
+        sample = sql.SQL("(SELECT * FROM {} LIMIT {}) s").format(table, sql.Literal(PAIR_SAMPLE_ROWS))
+        pairs = [p for p, n in zip(pairs, _pair_counts(cur, pairs, sample)) if n == PAIR_SAMPLE_ROWS]
+    return out + [[x["name"], y["name"]] for (x, y), n in zip(pairs, _pair_counts(cur, pairs, table)) if n == rows]
+
+
+def _pair_counts(cur, pairs: list[tuple[dict, dict]], rel: sql.Composable) -> list[int]:
+    """Distinct values of each pair of columns over ``rel``."""
     if not pairs:
-        return out
+        return []
     cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(
         sql.SQL("count(DISTINCT ({}, {})) AS {}").format(sql.Identifier(x["name"]), sql.Identifier(y["name"]),
                                                           sql.Identifier(f"p{i}"))
-        for i, (x, y) in enumerate(pairs)), sql.Identifier(dataset["table_schema"], dataset["table_name"])))
+        for i, (x, y) in enumerate(pairs)), rel))
     counts = cur.fetchone()
-    return out + [[x["name"], y["name"]] for i, (x, y) in enumerate(pairs) if counts[f"p{i}"] == rows]
+    return [counts[f"p{i}"] for i in range(len(pairs))]
 
 
 def _id_like(name: str) -> bool:

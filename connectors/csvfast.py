@@ -133,26 +133,9 @@ class ArrowFile(RowStage):
         """The kept rows as ``COPY ... (FORMAT csv)`` text for the typed staging table, a block at a time."""
         import pyarrow as pa
 
-        from streaming import vectorized
-
-        true_tokens = self.task.options.get("true_tokens", ())
-        # The first integer column, checked for values that strictly increase through the rows.
-        probe = next((i for i, kind in enumerate(self.staged_types) if kind in ("integer", "bigint")), None)
-        span = None
         self.spool.seek(0)
         with pa.ipc.open_stream(pa.PythonFile(self.spool, mode="r")) as reader:
-            for batch in reader:
-                if probe is not None:
-                    block = vectorized.ascending_span(batch.column(probe + 1))
-                    if block is None or (span is not None and block[0] <= span[1]):
-                        probe = span = None
-                    else:
-                        span = (span[0] if span else block[0], block[1])
-                columns = [batch.column(0)] + [vectorized.staged(batch.column(i + 1), kind, true_tokens)
-                                               for i, kind in enumerate(self.staged_types)]
-                yield vectorized.copy_csv(columns, batch.schema.names)
-        if probe is not None and span is not None:
-            self.ascending = (self.out_names[probe], *span)
+            yield from self.arrow_copy(reader)
 
     def close(self) -> None:
         if self.spool is not None:

@@ -25,6 +25,7 @@ from streaming.schema import TEXT, ColumnTyper, bool_token_set
 
 CHUNK_ROWS = 2000
 MAX_COLUMNS = 1599  # PostgreSQL's 1600 columns per table, less the staging table's row position
+JSONB = "jsonb"  # a column of JSON values (REST records' arrays and deep objects), never checked here
 RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
 # Types a staging column may have (values the row stage accepted load into them as they are).
 STAGED_TYPES = ("integer", "bigint", "numeric", "double precision", "date", "timestamp", "timestamptz", "boolean")
@@ -279,7 +280,7 @@ class RowStage:
         out = [[self.columns[i], self.source_names[i], self.typers[i].current, self.typers[i].format]
                for i in self.out_positions]
         if self.rescue:
-            out.append([RESCUED, None, "jsonb", None])
+            out.append([RESCUED, None, JSONB, None])
         return out
 
     def type_mismatch(self) -> dict:
@@ -370,9 +371,6 @@ class RowStage:
             self.timings["clean_type"] += time.perf_counter() - started
 
     def _arrow_block(self, raw: list, first_line: int, line_breaks: int | None) -> list | None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         from streaming import vectorized
 
         rows = len(raw[0]) if raw else 0
@@ -380,7 +378,27 @@ class RowStage:
             per_row, holding = None, set()
         else:
             per_row, holding = vectorized.newlines_per_row(raw, line_breaks)
-        lines = vectorized.positions(first_line, rows, per_row)
+        return self._arrow_rows(raw, vectorized.positions(first_line, rows, per_row), holding)
+
+    def arrow_rows(self, raw: list, positions) -> list | None:
+        """:meth:`arrow_block` for rows whose positions are given (an Arrow int64 array: a record's
+        index in its batch, say) and whose raw values may be NULL (a missing value)."""
+        from streaming import vectorized
+
+        started = time.perf_counter()
+        try:
+            return self._arrow_rows(raw, positions, vectorized.newlines_per_row(raw)[1])
+        finally:
+            self.timings["clean_type"] += time.perf_counter() - started
+
+    def _arrow_rows(self, raw: list, lines, holding: set[int]) -> list | None:
+        """The rows of ``raw`` that load (their positions ``lines``, then the staged columns' cleaned
+        values), or None; ``holding``: the columns whose values hold line breaks."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        from streaming import vectorized
+
+        rows = len(lines)
         values = [vectorized.clean(c, self.nulls, self._empty_is_null) for c in raw]
         bad: dict[int, tuple[int, str]] = {}
         for ci, column in enumerate(values):
@@ -405,6 +423,31 @@ class RowStage:
         self.staged += rows - len(bad)
         return out if rows > len(bad) else None
 
+    def arrow_copy(self, batches) -> Iterator[bytes]:
+        """``COPY ... (FORMAT csv)`` input of the rows :meth:`arrow_rows` kept (record batches of the
+        positions, then the staged columns), a batch at a time, typed as :attr:`staged_types` says
+        (None: all text). Sets :attr:`ascending` when the first integer column strictly increases
+        through all the rows."""
+        from streaming import vectorized
+
+        true_tokens = self.task.options.get("true_tokens", ())
+        kinds = self.staged_types or [self.typers[i].current for i in self.out_positions]
+        probe = next((i for i, kind in enumerate(kinds) if kind in ("integer", "bigint")), None)
+        span = None
+        for batch in batches:
+            if probe is not None:
+                block = vectorized.ascending_span(batch.column(probe + 1))
+                if block is None or (span is not None and block[0] <= span[1]):
+                    probe = span = None
+                else:
+                    span = (span[0] if span else block[0], block[1])
+            columns = [batch.column(i) for i in range(batch.num_columns)]
+            if self.staged_types:
+                columns[1:] = [vectorized.staged(c, kind, true_tokens) for c, kind in zip(columns[1:], self.staged_types)]
+            yield vectorized.copy_csv(columns, batch.schema.names)
+        if probe is not None and span is not None:
+            self.ascending = (self.out_names[probe], *span)
+
     def staging_types(self, text_columns=()) -> list[str]:
         """The type each staged column can be staged as, so that the merge casts nothing: the inferred
         or fixed type where PostgreSQL reads the cleaned values as they are (ISO dates, numbers,
@@ -427,7 +470,7 @@ class RowStage:
         from streaming import vectorized
 
         typer = self.typers[ci]
-        if typer.current == TEXT or column.null_count == len(column):
+        if typer.current in (TEXT, JSONB) or column.null_count == len(column):
             return []
         kind = typer.current or typer.guess(vectorized.first_value(column))
         if kind == TEXT or vectorized.all_fit(column, kind, self.bools, line_breaks):

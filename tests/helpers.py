@@ -32,3 +32,12 @@ def accounted(result, db=None, rows: int | None = None) -> bool:
                                     (result.load_id,)) != result.quarantined:
         return False
     return result.rows_in == result.loaded + result.quarantined + result.duplicates
+
+
+def records_frame(spark, records: list, chunk: int = 2):
+    """A micro-batch of an endpoint as its stream yields it: rows of JSON arrays of ``chunk`` records,
+    each with the position of its first record."""
+    from connectors.rest.records import encode
+
+    rows = [(encode(records[a:a + chunk]), a) for a in range(0, len(records), chunk)]
+    return spark.createDataFrame(rows, "record string, seq bigint")

@@ -96,6 +96,7 @@ def load_star(make_settings, tmp_path, star: Star, **extra):
 
 
 def test_star_schema_yields_exactly_the_joins_the_data_supports(db, make_settings, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog_links, "PAIR_SAMPLE_ROWS", 20)  # a true pair key passes the first rows' check
     star = Star()
     settings = load_star(make_settings, tmp_path, star)
     expected = star.expected_joins()
@@ -372,3 +373,34 @@ def test_joins_found_off_the_batch_path_converge_on_the_data(db, make_settings, 
               if len({r[i] for r in star.customers}) == len(star.customers)}
     keys = catalog.show_dataset(settings.dsn, settings, "customers")["key_candidates"]
     assert {tuple(k) for k in keys} == unique
+
+
+def test_pairs_repeated_among_the_first_rows_are_ruled_out_without_a_scan_of_the_table(db, monkeypatch):
+    from psycopg2.extras import RealDictCursor
+
+    monkeypatch.setattr(catalog_links, "PAIR_SAMPLE_ROWS", 10)
+    db.query("CREATE SCHEMA IF NOT EXISTS {s}")
+    # (a, b) is a key; (b, c) repeats in the first rows (1 and 2); (a, c) only in the last (14 and 44).
+    db.query("CREATE TABLE {s}.t AS SELECT i % 15 AS a, i / 15 AS b, "
+             "CASE WHEN i = 2 THEN 1 WHEN i = 44 THEN 14 ELSE i END AS c FROM generate_series(0, 44) i")
+    rows = 45
+    columns = {name: {"name": name, "ordinal": n, "type": "integer", "non_null_count": rows, "null_count": 0,
+                      "is_unique": False, "distinct_count": db.scalar(f"SELECT count(DISTINCT {name}) FROM {{s}}.t")}
+               for n, name in enumerate(("a", "b", "c"))}
+    dataset = {"primary_key": None, "row_count": rows, "table_schema": db.schema, "table_name": "t"}
+    scanned = []
+    original = catalog_links._pair_counts
+
+    def spy(cur, pairs, rel):
+        scanned.append([(x["name"], y["name"]) for x, y in pairs])
+        return original(cur, pairs, rel)
+
+    monkeypatch.setattr(catalog_links, "_pair_counts", spy)
+    with db.conn.cursor(cursor_factory=RealDictCursor) as cur:
+        keys = catalog_links.key_candidates(cur, dataset, columns)
+    assert keys == [["a", "b"]]
+    assert {p for p in scanned[0]} == {("a", "b"), ("a", "c"), ("b", "c")}  # the first rows: all pairs
+    assert set(scanned[1]) == {("a", "b"), ("a", "c")}  # the whole table: the pairs left
+    assert db.scalar("SELECT count(DISTINCT (b, c)) FROM (SELECT * FROM {s}.t LIMIT 10) s") < 10
+    assert db.scalar("SELECT count(DISTINCT (a, c)) FROM (SELECT * FROM {s}.t LIMIT 10) s") == 10
+    assert db.scalar("SELECT count(DISTINCT (a, c)) FROM {s}.t") < rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+
 import uuid
 
 from connectors.rest.client import EndpointError, poll as poll_endpoint
@@ -11,6 +11,7 @@ from streaming.batch import LoadContext
 from connectors.rest.config import EndpointConfig
 from streaming.metrics import Metrics
 from tests.conftest import poll
+from tests.helpers import records_frame
 from tests.restserver import json_response, rest_server_fixture, text_response  # noqa: F401
 
 ERROR_PAGE = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>body { color: red; }</style>"
@@ -27,7 +28,7 @@ def test_a_null_object_adds_no_column_beside_its_fields(db, make_settings, spark
     ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
 
     def batch(records, batch_id):
-        df = spark.createDataFrame([(json.dumps(r), i) for i, r in enumerate(records)], "record string, seq bigint")
+        df = records_frame(spark, records)
         return load_records(ctx, endpoint, df, "test:repos", batch_id)
 
     batch([{"id": 1, "owner": {"login": "ann"}}, {"id": 2, "owner": {"login": "bob"}}, {"id": 3, "owner": None},
@@ -49,7 +50,7 @@ def test_records_postgres_refuses_go_to_quarantine_and_the_next_batch_loads(db, 
     ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
 
     def batch(records, batch_id):
-        df = spark.createDataFrame([(json.dumps(r), i) for i, r in enumerate(records)], "record string, seq bigint")
+        df = records_frame(spark, records)
         return load_records(ctx, endpoint, df, "test:orders", batch_id)
 
     batch([{"id": 1, "amount": 5}], 0)

@@ -16,7 +16,7 @@ def reader(url, **extra) -> RestStreamReader:
 
 def batch(r: RestStreamReader, start: dict) -> tuple[dict, list]:
     end = r.latestOffset(start, None)
-    records = [json.loads(text) for p in r.partitions(start, end) for text, _ in p.rows]
+    records = [record for p in r.partitions(start, end) for text, _ in p.chunks for record in json.loads(text)]
     r.commit(end)
     return end, records
 
@@ -79,7 +79,7 @@ def test_a_replayed_batch_is_fetched_again_up_to_its_end(rest_server):
     end = r.latestOffset(start, None)
     items.append({"id": 4, "at": "2024-01-04"})  # arrives before the replay
     fresh = reader(rest_server.url("/things"), incremental={"cursor_field": "at", "param": "since"})  # a restart
-    replayed = [json.loads(t)["id"] for p in fresh.partitions(start, end) for t, _ in p.rows]
+    replayed = [x["id"] for p in fresh.partitions(start, end) for t, _ in p.chunks for x in json.loads(t)]
     assert replayed == [1, 2, 3]  # id 4 belongs to the next batch
     _, records = batch(fresh, end)
     assert [x["id"] for x in records] == [4]
@@ -93,3 +93,53 @@ def test_errors_are_reported_and_the_offset_stays(rest_server):
     start = r.initialOffset()
     assert r.latestOffset(start, None) == start
     assert events and events[0][0] == "http_5xx" and "endpoint things" in events[0][1]
+
+
+def test_pages_past_a_batch_are_fetched_while_it_loads_and_none_is_lost_or_repeated(rest_server):
+    import pickle
+
+    from tests.conftest import poll
+
+    def handle(request):
+        page = int(request.arg("page", "1"))
+        return json_response([{"id": page * 10 + i} for i in range(3)] if page <= 5 else [])
+
+    rest_server.route("/things", handle)
+    settings = {"max_pages_per_batch": 2, "pagination": {"type": "page_number", "param": "page"}}
+    r = reader(rest_server.url("/things"), **settings)
+    start = r.initialOffset()
+    end1 = r.latestOffset(start, None)
+    # Spark loads the batch; the pages after it are being fetched meanwhile.
+    poll(lambda: {"3", "4"} <= {q.arg("page") for q in rest_server.requests_to("/things")}, 10,
+         message="pages 3 and 4 fetched ahead")
+    pickle.loads(pickle.dumps(r))  # Spark pickles the reader: what runs ahead stays behind
+    first = [x["id"] for p in r.partitions(start, end1) for t, _ in p.chunks for x in json.loads(t)]
+    r.commit(end1)
+    end2, second = batch(r, end1)
+    end3, third = batch(r, end2)
+    assert first == [10, 11, 12, 20, 21, 22]
+    assert [x["id"] for x in second] == [30, 31, 32, 40, 41, 42] and [x["id"] for x in third] == [50, 51, 52]
+    assert end3["chain"] is None
+    pages = [q.arg("page") for q in rest_server.requests_to("/things")]
+    assert sorted(pages) == ["1", "2", "3", "4", "5", "6"]  # each page fetched once
+    # A restart from the first batch's offset (what ran ahead was in no offset) fetches its pages again.
+    again = reader(rest_server.url("/things"), **settings)
+    _, records = batch(again, end1)
+    assert [x["id"] for x in records] == [30, 31, 32, 40, 41, 42]
+
+
+def test_a_replayed_batch_of_a_snapshot_endpoint_holds_the_pages_it_held(rest_server):
+    def handle(request):
+        page = int(request.arg("page", "1"))
+        return json_response([{"id": page}] if page <= 6 else [])
+
+    rest_server.route("/things", handle)
+    settings = {"max_pages_per_batch": 2, "pagination": {"type": "page_number", "param": "page"}}
+    r = reader(rest_server.url("/things"), **settings)
+    start = r.initialOffset()
+    end1, first = batch(r, start)
+    end2, second = batch(r, end1)
+    for a, b, held in ((start, end1, first), (end1, end2, second)):
+        fresh = reader(rest_server.url("/things"), **settings)  # a restart replays the batch
+        replayed = [x for p in fresh.partitions(a, b) for t, _ in p.chunks for x in json.loads(t)]
+        assert replayed == held and len(held) == 2  # not the pages of the batches after it

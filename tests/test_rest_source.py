@@ -20,6 +20,7 @@ from streaming.batch import LoadContext, load_batch
 from streaming.sources import Dataset
 from streaming.metrics import Metrics
 from tests.conftest import poll
+from tests.helpers import records_frame
 from tests.restserver import json_response, rest_server_fixture, text_response  # noqa: F401
 
 # Endpoint readers run in a Python process Spark's JVM starts, which inherits the environment the
@@ -90,7 +91,7 @@ def test_records_are_flattened_typed_and_quarantined(db, make_settings, spark):
         {"id": 1, "Full Name": "a/b renamed", "owner": {"login": "ann"}, "stars": 11},
         {"id": 5, "Full Name": "nul\u0000inside"},  # PostgreSQL cannot store NUL: quarantined
     ]
-    df = spark.createDataFrame([(json.dumps(r), i) for i, r in enumerate(records)], "record string, seq bigint")
+    df = records_frame(spark, records)
     ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
     dataset = Dataset(endpoint.name, endpoint.name, endpoint)
     batch = EndpointSource(ctx).plan(dataset, df.repartition(2), 0)

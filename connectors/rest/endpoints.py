@@ -91,7 +91,7 @@ class EndpointSource(Source):
         return max(0.1, min(dataset.config.poll_interval, 1.0))
 
     def plan(self, dataset: Dataset, df, batch_id: int) -> Batch:
-        """Driver: one stage task per Spark partition of ``df`` (``record, seq`` rows), run on executors."""
+        """Driver: one stage task per Spark partition of ``df`` (rows of records, see :mod:`connectors.rest.records`), run on executors."""
         endpoint: EndpointConfig = dataset.config
         spark = self.context.spark
         options = {"null_tokens": list(endpoint.null_tokens), "true_tokens": endpoint.true_tokens,
@@ -103,7 +103,7 @@ class EndpointSource(Source):
                                            path=mask_url(endpoint.url))
 
             def run(index: int, rows):  # executor
-                # A Row is a tuple (record, seq); tuple() copies it in C, Row's own indexing is Python.
+                # A Row is (JSON array of records, position of the first); tuple() copies it in C.
                 rows = [tuple(r) for r in rows]
                 if rows:
                     stage_table, quarantine = postgres.stage_names(token, index)

@@ -13,7 +13,8 @@ Offsets are what Spark checkpoints, as JSON::
     {"cursor": "2024-05-01T10:00:00Z",  # high-water mark of incremental.cursor_field (None: snapshot)
      "seen": "a1b2,c3d4",               # digests of the records at the high-water mark
      "chain": null,                     # a poll that stopped at max_pages: {"since", "seen", "resume"}
-     "polls": 12}                       # polls that produced a batch
+     "polls": 12,                       # polls that produced a batch
+     "pages": 100}                      # pages the batch's poll read (a replay reads as many)
 
 An incremental endpoint is asked for records since ``cursor``; records at or below the mark are
 dropped unless they are new records at exactly the mark (their digest is not in ``seen``), so a
@@ -31,7 +32,9 @@ import datetime as dt
 import hashlib
 import json
 import re
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -40,26 +43,25 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from connectors.rest.client import MISSING, EndpointError, lookup, poll
 from streaming.events import EventSender
 from connectors.rest.config import EndpointConfig
+from connectors.rest.records import CHUNK_RECORDS, encode
 
 __all__ = ["RestDataSource", "RestStreamReader", "SOURCE_NAME", "SCHEMA"]
 
 SOURCE_NAME = "dataops_rest"
-SCHEMA = "record string, seq bigint"
+SCHEMA = "record string, seq bigint"  # a JSON array of records, the position of its first in the batch
 MAX_SEEN = 10_000
 OVERWRITE_MAX_PAGES = 1_000_000  # an overwrite endpoint's poll reads to the last page (loops are caught)
 REFETCH_PAGE_FACTOR = 10
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}")
-# One encoder for every record: json.dumps builds one per call, a quarter of its time on small records.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class RecordsPartition(InputPartition):
-    """Records for one Spark task: ``[(record JSON, position in the batch), ...]``."""
+    """Records for one Spark task: ``[(JSON array of records, position of the first in the batch), ...]``."""
 
-    def __init__(self, rows: list[tuple[str, int]]):
+    def __init__(self, chunks: list[tuple[str, int]]):
         super().__init__(None)
-        self.rows = rows
+        self.chunks = chunks
 
 
 class RestDataSource(DataSource):
@@ -91,8 +93,18 @@ class RestStreamReader(DataSourceStreamReader):
         self.events = EventSender(events_path, endpoint.name)
         self.parallelism = max(1, parallelism)
         self.partition_records = max(1, partition_records)
-        self._fetched: dict[str, list] = {}
+        self._fetched: dict[str, list[RecordsPartition]] = {}  # planned batches by end offset
+        self._lock = threading.Lock()  # _fetched, between Spark's calls and the poll running ahead
+        self._ahead: tuple[str, Future] | None = None  # (start offset, its poll under way)
+        self._pool: ThreadPoolExecutor | None = None
         self._last_poll = 0.0
+
+    def __getstate__(self) -> dict:
+        # Spark pickles the reader into the process that runs it: a lock or a thread does not travel.
+        return {**self.__dict__, "_lock": None, "_ahead": None, "_pool": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     # --- offsets (driver side) ------------------------------------------------------------
     def initialOffset(self) -> dict:
@@ -100,12 +112,35 @@ class RestStreamReader(DataSourceStreamReader):
         return {"cursor": inc.initial_value if inc else None, "seen": "", "chain": None, "polls": 0}
 
     def latestOffset(self, start: dict, limit=None) -> dict:
-        """Poll the endpoint when it is due; return ``start`` when there is nothing new."""
-        chain = start.get("chain")
-        now = time.monotonic()
-        if chain is None and now - self._last_poll < self.endpoint.poll_interval:
-            return start
-        self._last_poll = now
+        """Poll the endpoint when it is due; return ``start`` when there is nothing new.
+
+        A poll that stopped at ``max_pages_per_batch`` has more pages waiting: the next poll starts
+        at once, on a thread, while Spark loads this batch, and the next call takes its result.
+        Nothing fetched ahead is in an offset until this returns it, so a crash loses no record.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            end = ahead[1].result()
+            if ahead[0] != _key(start):  # Spark asks from another offset: that poll is of no use
+                with self._lock:
+                    self._fetched.pop(_key(end), None)
+                end = None
+        else:
+            end = None
+        if end is None:
+            if start.get("chain") is None and time.monotonic() - self._last_poll < self.endpoint.poll_interval:
+                return start
+            end = self._next(start)
+        if end.get("chain") is not None and _key(end) != _key(start):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"dataops-poll-{self.endpoint.name}")
+            self._ahead = (_key(end), self._pool.submit(self._next, end))
+        return end
+
+    def _next(self, start: dict) -> dict:
+        """Poll from ``start``: the batch's end offset, its partitions kept for :meth:`partitions`
+        (``start`` itself when there is nothing new, or the poll failed)."""
+        self._last_poll = time.monotonic()
         since, base_seen, resume = self._chain_start(start)
         try:
             try:
@@ -130,10 +165,12 @@ class RestStreamReader(DataSourceStreamReader):
         self.events.poll(len(records), result.pages)
         end = {"cursor": cursor, "seen": seen,
                "chain": None if result.done else {"since": since, "seen": base_seen, "resume": result.resume},
-               "polls": start.get("polls", 0) + 1}
+               "polls": start.get("polls", 0) + 1, "pages": result.pages}
         if not records and end["chain"] == start.get("chain") and cursor == start.get("cursor"):
             return start
-        self._fetched[_key(end)] = records
+        planned = self._split(records)
+        with self._lock:
+            self._fetched[_key(end)] = planned
         return end
 
     def _poll(self, since: Any, resume: dict | None, max_pages: int | None = None):
@@ -180,28 +217,35 @@ class RestStreamReader(DataSourceStreamReader):
     def partitions(self, start: dict, end: dict) -> list[RecordsPartition]:
         if _key(start) == _key(end):  # e.g. a new query's first batch, before any poll
             return []
-        records = self._fetched.pop(_key(end), None)
-        if records is None:
-            records = self._refetch(start, end)
-        texts = [_ENCODE(r) for r in records]
+        with self._lock:
+            planned = self._fetched.pop(_key(end), None)
+        return planned if planned is not None else self._split(self._refetch(start, end))
+
+    def _split(self, records: list) -> list[RecordsPartition]:
         # One task per core, or more for large batches: each task stages its records in one COPY.
-        size = min(self.partition_records, max(1, -(-len(texts) // self.parallelism)))
-        return [RecordsPartition([(t, i) for i, t in enumerate(texts[a:a + size], start=a)])
-                for a in range(0, len(texts), size)]
+        # A row of the stream holds up to CHUNK_RECORDS of them, so Spark moves few, larger rows.
+        size = min(self.partition_records, max(1, -(-len(records) // self.parallelism)))
+        return [RecordsPartition([(encode(records[c:min(c + CHUNK_RECORDS, a + size)]), c)
+                                  for c in range(a, min(a + size, len(records)), CHUNK_RECORDS)])
+                for a in range(0, len(records), size)]
 
     def _refetch(self, start: dict, end: dict) -> list:
         """A batch replayed after a restart: fetch its range again, bounded by its end offset.
 
-        The API may hold more than when the batch was planned, so pages are followed past
-        ``max_pages_per_batch`` (up to ten times that) until the end offset's mark is passed.
+        The API may hold more than when the batch was planned, so pages of an incremental
+        endpoint are followed past ``max_pages_per_batch`` (up to ten times that) until the end
+        offset's mark is passed; a snapshot endpoint's batch is the pages its poll read.
         """
         since, base_seen, resume = self._chain_start(start)
         fetched: list = []
         limit = self.endpoint.max_pages_per_batch * REFETCH_PAGE_FACTOR
+        if self.endpoint.incremental is None and end.get("pages"):
+            limit = end["pages"]  # (offsets checkpointed before they held it: as for incremental ones)
         pages = 0
         while True:
             try:
-                result = self._poll(since, resume)
+                result = self._poll(since, resume, None if self.endpoint.mode == "overwrite" else
+                                    min(self.endpoint.max_pages_per_batch, limit - pages))
             except EndpointError as exc:
                 if exc.kind != "resume" or resume is None:
                     raise
@@ -237,13 +281,17 @@ class RestStreamReader(DataSourceStreamReader):
                    if v is not MISSING and v is not None)
 
     def read(self, partition: RecordsPartition):
-        yield from partition.rows
+        yield from partition.chunks
 
     def commit(self, end: dict) -> None:
         polls = end.get("polls", 0)
-        self._fetched = {k: v for k, v in self._fetched.items() if json.loads(k).get("polls", 0) > polls}
+        with self._lock:
+            for key in [k for k in self._fetched if json.loads(k).get("polls", 0) <= polls]:
+                del self._fetched[key]
 
     def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self.events.close()
 
 
