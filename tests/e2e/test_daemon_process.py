@@ -151,3 +151,29 @@ def test_a_crash_mid_batch_loses_nothing_and_loads_nothing_twice(db, tmp_path):
     assert db.scalar(f'SELECT count(DISTINCT order_id) FROM "{db.schema}".orders') == 15 + n
     processed = sorted(p.name for p in (tmp_path / "landing" / "_processed" / "orders").iterdir())
     assert processed == ["after.csv", "big.csv", "warm.csv"]
+
+
+def test_checkpoints_written_through_the_checksummed_file_context_carry_on(db, tmp_path):
+    """Checkpoints of releases that wrote them through Hadoop's FileContext (with checksum files
+    beside them) keep their query and batches under today's FileSystem-based writer."""
+    config, _ = write_config(db, tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    old = tmp_path / "old.yaml"
+    old.write_text(yaml.safe_dump({**settings, "spark": {**settings["spark"], "conf": {
+        "spark.sql.streaming.checkpointFileManagerClass":
+            "org.apache.spark.sql.execution.streaming.checkpointing.FileContextBasedCheckpointFileManager",
+        "spark.hadoop.fs.AbstractFileSystem.file.impl": "org.apache.hadoop.fs.local.LocalFs",
+        "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.LocalFileSystem"}}}))
+    landing = tmp_path / "landing" / "orders"
+    log = tmp_path / "daemon.log"
+    for conf, name, ids in ((old, "first.csv", range(0, 30)), (config, "second.csv", range(30, 80))):
+        with running(conf, log) as proc:
+            drop(landing, name, ids)
+            poll(lambda: loaded_rows(db) == ids.stop, 120, interval=0.2, message=f"{name} loaded (log: {log})")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+        if conf is old:
+            assert any((tmp_path / "checkpoints").rglob(".*.crc"))
+    loads = db.query("SELECT stream, batch_id, rows_loaded FROM {c}.loads ORDER BY load_id")
+    assert [(b, n) for _, b, n in loads] == [(0, 30), (1, 50)] and loads[0][0] == loads[1][0]
+    assert loaded_rows(db) == 80
