@@ -25,7 +25,7 @@ from streaming.schema import TEXT, ColumnTyper, bool_token_set
 
 CHUNK_ROWS = 2000
 MAX_COLUMNS = 1599  # PostgreSQL's 1600 columns per table, less the staging table's row position
-JSONB = "jsonb"  # a column of JSON values (REST records' arrays and deep objects), never checked here
+JSONB = "jsonb"
 RESCUED = "_rescued"  # policy rescue: the jsonb column holding what did not fit the table
 # Types a staging column may have (values the row stage accepted load into them as they are).
 STAGED_TYPES = ("integer", "bigint", "numeric", "double precision", "date", "timestamp", "timestamptz", "boolean")
@@ -470,7 +470,7 @@ class RowStage:
         from streaming import vectorized
 
         typer = self.typers[ci]
-        if typer.current in (TEXT, JSONB) or column.null_count == len(column):
+        if typer.current == TEXT or not typer.checks or column.null_count == len(column):
             return []
         kind = typer.current or typer.guess(vectorized.first_value(column))
         if kind == TEXT or vectorized.all_fit(column, kind, self.bools, line_breaks):

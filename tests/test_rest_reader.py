@@ -143,3 +143,26 @@ def test_a_replayed_batch_of_a_snapshot_endpoint_holds_the_pages_it_held(rest_se
         fresh = reader(rest_server.url("/things"), **settings)  # a restart replays the batch
         replayed = [x for p in fresh.partitions(a, b) for t, _ in p.chunks for x in json.loads(t)]
         assert replayed == held and len(held) == 2  # not the pages of the batches after it
+
+
+def test_stopping_the_reader_ends_the_poll_running_ahead(rest_server):
+    import threading
+
+    release = threading.Event()
+
+    def handle(request):
+        page = int(request.arg("page", "1"))
+        if page == 3:
+            release.wait(10)  # the API is slow on the page fetched ahead
+        return json_response([{"id": page}])
+
+    rest_server.route("/things", handle)
+    r = reader(rest_server.url("/things"), max_pages_per_batch=2, pagination={"type": "page_number", "param": "page"})
+    events = []
+    r.events.error = lambda kind, message: events.append(kind)
+    r.latestOffset(r.initialOffset(), None)
+    r.stop()
+    release.set()
+    ahead = r._ahead[1]
+    assert ahead.result(timeout=10)["chain"]["resume"] == {"page": 3}  # it stopped before page 4
+    assert events == []

@@ -339,11 +339,14 @@ class Landing:
         target = self._move(landed, self.rejected(dataset))
         if target is not None:
             sidecar = target.with_name(target.name + ".error.json")
-            sidecar.write_text(json.dumps({
+            # Written beside it under a hidden name, then renamed: a reader never sees half a sidecar.
+            partial = target.with_name(f".{target.name}.error.json.tmp")
+            partial.write_text(json.dumps({
                 "file": landed.name, "dataset": dataset, "reason": reason, "error": detail, "load_id": load_id,
                 "rejected_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 **({"diff": diff} if diff else {}),
             }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(partial, sidecar)
             log.warning("dataset=%s file %s rejected (%s): %s", dataset, landed.name, reason, detail)
             if self.metrics is not None:
                 self.metrics.files_rejected.labels(normalize_dataset_name(dataset)).inc()

@@ -108,6 +108,8 @@ def _json_text(value: Any) -> str:
 class _JsonTyper(ColumnTyper):
     """A jsonb column: its values are JSON this module wrote itself, so there is nothing to check."""
 
+    checks = False
+
     def __init__(self, bools):
         super().__init__(bools, fixed=JSONB, loose=True)
 

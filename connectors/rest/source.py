@@ -97,14 +97,15 @@ class RestStreamReader(DataSourceStreamReader):
         self._lock = threading.Lock()  # _fetched, between Spark's calls and the poll running ahead
         self._ahead: tuple[str, Future] | None = None  # (start offset, its poll under way)
         self._pool: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()  # ends a poll under way when the query stops
         self._last_poll = 0.0
 
     def __getstate__(self) -> dict:
         # Spark pickles the reader into the process that runs it: a lock or a thread does not travel.
-        return {**self.__dict__, "_lock": None, "_ahead": None, "_pool": None}
+        return {**self.__dict__, "_lock": None, "_ahead": None, "_pool": None, "_stopping": None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
+        self.__dict__.update(state, _lock=threading.Lock(), _stopping=threading.Event())
 
     # --- offsets (driver side) ------------------------------------------------------------
     def initialOffset(self) -> dict:
@@ -122,8 +123,9 @@ class RestStreamReader(DataSourceStreamReader):
         if ahead is not None:
             end = ahead[1].result()
             if ahead[0] != _key(start):  # Spark asks from another offset: that poll is of no use
-                with self._lock:
-                    self._fetched.pop(_key(end), None)
+                if _key(end) != ahead[0]:
+                    with self._lock:
+                        self._fetched.pop(_key(end), None)
                 end = None
         else:
             end = None
@@ -154,7 +156,8 @@ class RestStreamReader(DataSourceStreamReader):
                 since, base_seen, resume = self._chain_start(start)
                 result = self._poll(since, None)
         except EndpointError as exc:
-            self.events.error(exc.kind, str(exc))
+            if exc.kind != "stopped":  # the query is stopping: nothing went wrong
+                self.events.error(exc.kind, str(exc))
             return start
         except Exception as exc:  # a bug must not kill the query; it is reported and retried next poll
             # Only the type and place: the message of an unexpected error could hold a URL with a key.
@@ -178,7 +181,7 @@ class RestStreamReader(DataSourceStreamReader):
         if max_pages is None and self.endpoint.mode == "overwrite":
             max_pages = OVERWRITE_MAX_PAGES
         return poll(self.endpoint, since=since, resume=resume, max_pages=max_pages,
-                    on_request=self.events.request, on_retry=self.events.retry)
+                    on_request=self.events.request, on_retry=self.events.retry, stop=self._stopping)
 
     def _chain_start(self, start: dict) -> tuple[Any, str, dict | None]:
         chain = start.get("chain")
@@ -290,6 +293,7 @@ class RestStreamReader(DataSourceStreamReader):
                 del self._fetched[key]
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self.events.close()
