@@ -73,7 +73,7 @@ def _stage_file(task: StageTask) -> StageReport:
         task.name, task.path, task.seq, "staged", encoding=encoding, delimiter=parsed.delimiter,
         columns=parsed.report_columns(),
         staged_rows=parsed.staged, quarantined_rows=parsed.quarantined, bad_cut=parsed.bad_cut, timings=parsed.timings,
-        staged_types=parsed.staged_types, ascending=parsed.ascending)
+        staged_types=parsed.staged_types, ascending=parsed.ascending, summaries=parsed.summaries)
 
 
 def _vectorized(task: StageTask, encoding: str) -> ArrowFile | None:

@@ -410,15 +410,23 @@ def _merge(cur, plan: MergePlan, dsn: str) -> MergeResult:
     widened = [c["column"] for c in changes if c["change"] == "widen"]
     if staged_rows:
         source = _source_query(plan, staged, columns)
-        side = _SideSketches(dsn, source, columns, staged_rows)
+        # What the stage tasks computed for the catalog; the side sessions scan only the other columns.
+        summary = batch_summary(staged, columns)
+        side = _SideSketches(dsn, source, {n: k for n, k in columns.items() if not summary.covers(n)}, staged_rows)
         try:
             loaded, inserted, delta = _write(cur, plan, target, source, columns, prior_rows, load_id, defer_key,
                                              staged_rows, side)
-            if side.sketches is not None and delta.staged_values:
-                delta.batch_sketches = side.sketches.result()
-                if delta.staged_rows:
-                    delta.batch_aggregates = side.sketches.aggregates()
-                    delta.batch_value_counts = side.sketches.value_counts()
+            if delta.staged_values:
+                delta.batch_sketches = summary.registers()
+                if side.sketches is not None:
+                    delta.batch_sketches.update(side.sketches.result())
+            if delta.staged_rows:
+                delta.batch_aggregates = summary.aggregates()
+                delta.batch_value_counts = summary.value_counts()
+                if side.sketches is not None:
+                    delta.batch_aggregates.update(side.sketches.aggregates() or {})
+                    delta.batch_value_counts = stats.join_value_counts(delta.batch_value_counts,
+                                                                       side.sketches.value_counts())
         finally:
             side.cancel()
         delta.widened, delta.recompute = widened, stats_stale
@@ -715,6 +723,51 @@ def batch_tables(plan: MergePlan, load_id: int) -> tuple[sql.Identifier, sql.Ide
             sql.Identifier(plan.stage_schema, f"load_{load_id}_replaced"))
 
 
+class BatchSummary:
+    """The stage tasks' column summaries (:mod:`streaming.summaries`) of a batch's staged rows, as
+    the catalog statistics take them: for each column, the pieces every task computed exactly for
+    the type the column has in the table."""
+
+    def __init__(self, columns: dict):
+        self.columns = columns  # name -> streaming.summaries.ColumnSummary
+
+    def covers(self, name: str) -> bool:
+        """Whether the column needs no scan of the staged rows at all."""
+        s = self.columns.get(name)
+        return s is not None and s.exact >= {"aggregate", "values", "registers"}
+
+    def registers(self) -> dict[str, bytearray]:
+        return {n: bytearray(s.registers) for n, s in self.columns.items() if "registers" in s.exact}
+
+    def aggregates(self) -> dict[str, tuple]:
+        return {n: (s.count, s.lo, s.hi, s.total) for n, s in self.columns.items() if "aggregate" in s.exact}
+
+    def value_counts(self) -> tuple[frozenset, list, set]:
+        """(the columns counted exactly, their (column, text, rows), the columns past the value limit)."""
+        known = {n: s for n, s in self.columns.items() if "values" in s.exact}
+        rows = [(n, text, count) for n, s in known.items() if s.values is not None for text, count in s.values.items()]
+        return frozenset(known), rows, {n for n, s in known.items() if s.values is None}
+
+
+def batch_summary(staged: list[StageReport], columns: dict[str, str]) -> BatchSummary:
+    """The staged reports' summaries merged per column, where every input with rows has them and
+    read the column as the type the table holds (integers of any width hash alike)."""
+    from streaming import summaries
+
+    inputs = [r for r in staged if r.staged_rows]
+    if not inputs or any(r.summaries is None for r in inputs):
+        return BatchSummary({})
+    out = {}
+    for name, kind in columns.items():
+        merged = summaries.merge([r.summaries[name] for r in inputs if name in r.summaries])
+        if merged is None:
+            continue
+        same = merged.kind == kind or (merged.kind in summaries.INTEGERS and kind in summaries.INTEGERS)
+        if same and merged.exact:
+            out[name] = merged
+    return BatchSummary(out)
+
+
 class _SideSketches:
     """The catalog's sketches of a large batch, computed from its staged rows on other sessions while
     the merge writes (:class:`stats.BatchSketches`), once :meth:`start` finds them worth it."""
@@ -724,7 +777,7 @@ class _SideSketches:
         self.sketches: stats.BatchSketches | None = None
 
     def start(self) -> None:
-        if self.sketches is None and self.rows >= stats.SIDE_SKETCH_ROWS:
+        if self.sketches is None and self.columns and self.rows >= stats.SIDE_SKETCH_ROWS:
             self.sketches = stats.BatchSketches(self.dsn, self.source, self.columns, self.rows)
 
     def cancel(self) -> None:

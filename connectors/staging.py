@@ -85,7 +85,8 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
                                                                     for n, t in zip(names, types))])))
             csv_format = sql.SQL(" WITH (FORMAT csv)" if parsed.copy_format == "csv" else "")
             reader = _IterReader(parsed.copy_chunks())
-            started, typing_before = time.perf_counter(), parsed.timings["clean_type"]
+            timings = parsed.timings
+            started, working_before = time.perf_counter(), timings["clean_type"] + timings["catalog"]
             try:
                 cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, cols, csv_format).as_string(cur),
                                 reader, size=1 << 16)
@@ -93,8 +94,7 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
                 if reader.failure is not None:  # the input's own error, which psycopg2 reports as its own
                     raise reader.failure from None
                 raise
-            timings = parsed.timings
-            timings["parse"] += max(0.0, reader.producing - (timings["clean_type"] - typing_before))
+            timings["parse"] += max(0.0, reader.producing - (timings["clean_type"] + timings["catalog"] - working_before))
             timings["copy"] += max(0.0, time.perf_counter() - started - reader.producing)
             if parsed.quarantined:  # most inputs have nothing to quarantine: no table (and no DDL) for them
                 cur.execute(sql.SQL(

@@ -102,7 +102,9 @@ def apply(cur, cat: sql.Identifier, dataset: str, target: sql.Composable, column
         delta = Delta(added=target, rows_after=delta.rows_after, replaced_table=True)
         batch, aggregates = {}, None
     old = {} if delta.replaced_table else _load(cur, cat, dataset)
-    added = aggregates if aggregates is not None else _aggregate(cur, delta.added, columns)
+    known = aggregates or {}
+    unknown = {n: k for n, k in columns.items() if n not in known}
+    added = {**(_aggregate(cur, delta.added, unknown) if unknown else {}), **{n: known[n] for n in columns if n in known}}
     removed = _aggregate(cur, delta.removed, columns) if delta.removed is not None else {}
     drift = _drift(cur, delta, columns) if delta.removed is not None else {}
     sketches = {} if delta.replaced_table else _load_sketches(cur, cat, dataset)
@@ -626,7 +628,10 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
     counted in one scan of the added (and one of the removed) rows for all columns.
     """
     tracked = [n for n, s in stats.items() if s.top_values is not None]
-    for name in _many_values(cur, delta.added, {n: columns[n] for n in tracked}):
+    # Counted from the staged rows (by the stage tasks, or beside the merge), for these columns.
+    known = delta.batch_value_counts or (frozenset(), [], set())
+    for name in [n for n in tracked if n in known[2]] + list(_many_values(
+            cur, delta.added, {n: columns[n] for n in tracked if n not in known[0]})):
         stats[name].top_values = None
     tracked = [n for n in tracked if stats[n].top_values is not None]
     if not tracked:
@@ -634,12 +639,12 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
     for relation, sign in ((delta.added, 1), (delta.removed, -1)):
         if relation is None:
             continue
-        known = delta.batch_value_counts if sign > 0 else None
-        if known is not None and known[0].issuperset(tracked):  # counted from the staged rows beside the merge
-            counted = [row for row in known[1] if row[0] in tracked]
-            many = {n for n in known[2] if n in tracked}
-        else:
-            counted, many = _value_counts(cur, relation, {n: columns[n] for n in tracked})
+        counted = [row for row in known[1] if row[0] in tracked] if sign > 0 else []
+        scan = [n for n in tracked if sign < 0 or n not in known[0]]
+        many = set()
+        if scan:
+            rows, many = _value_counts(cur, relation, {n: columns[n] for n in scan})
+            counted += rows
         for name in many:
             stats[name].top_values = None
         tracked = [n for n in tracked if n not in many]
@@ -656,7 +661,15 @@ def _count_values(cur, delta: Delta, columns: dict[str, str], stats: dict[str, C
 def _many_values(cur, relation: sql.Composable, columns: dict[str, str]) -> set[str]:
     """Columns with more than :data:`TOP_VALUES_LIMIT` distinct values in the first
     :data:`SAMPLED_ROWS` rows of ``relation``."""
-    return _past_limit(_sampled_distinct(cur, relation, columns))
+    return _past_limit(_sampled_distinct(cur, relation, columns)) if columns else set()
+
+
+def join_value_counts(a: tuple[frozenset, list, set], b: tuple[frozenset, list, set] | None
+                      ) -> tuple[frozenset, list, set]:
+    """Two sets of staged rows' value counts of different columns, as one (see BatchSketches.value_counts)."""
+    if b is None:
+        return a
+    return a[0] | b[0], a[1] + b[1], a[2] | b[2]
 
 
 def _past_limit(sampled: dict[str, tuple[int, int]]) -> set[str]:

@@ -129,8 +129,11 @@ class StageReport:
     # (column, first, last): an integer column whose staged values strictly increase in input
     # order, so no two staged rows are equal (None: not known).
     ascending: tuple | None = None
-    # Seconds the task spent reading its input ("parse"), cleaning and typing it ("clean_type") and
-    # waiting for PostgreSQL to take the rows ("copy").
+    # column -> streaming.summaries.ColumnSummary: what the staged rows add to the catalog (None:
+    # not computed, the merge's SQL reads the staged rows).
+    summaries: dict | None = None
+    # Seconds the task spent reading its input ("parse"), cleaning and typing it ("clean_type"),
+    # summarizing it for the catalog ("catalog") and waiting for PostgreSQL to take the rows ("copy").
     timings: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -188,6 +191,7 @@ class RowStage:
     copy_format = "text"  # what copy_chunks yields: COPY text format (str), or "csv" (UTF-8 bytes)
     staged_types: list | None = None  # the staging table's column types after prepare() (None: all text)
     ascending: tuple | None = None  # StageReport.ascending, known once the rows are staged
+    summaries: dict | None = None  # StageReport.summaries, known once the rows are staged
 
     def __init__(self, task: StageTask, nulls: frozenset, empty_is_null: bool | None = None):
         import tempfile
@@ -199,7 +203,7 @@ class RowStage:
         self.staged = 0
         self.quarantined = 0
         self.bad_cut = False
-        self.timings = {"parse": 0.0, "clean_type": 0.0, "copy": 0.0}  # see StageReport.timings
+        self.timings = {"parse": 0.0, "clean_type": 0.0, "catalog": 0.0, "copy": 0.0}  # see StageReport.timings
         self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         self.source_names: list[str] = []
         self.columns: list[str] = []  # for quarantine records until the columns are known
@@ -427,13 +431,22 @@ class RowStage:
         """``COPY ... (FORMAT csv)`` input of the rows :meth:`arrow_rows` kept (record batches of the
         positions, then the staged columns), a batch at a time, typed as :attr:`staged_types` says
         (None: all text). Sets :attr:`ascending` when the first integer column strictly increases
-        through all the rows."""
-        from streaming import vectorized
+        through all the rows, and :attr:`summaries` to what the rows add to the catalog."""
+        import pyarrow as pa
+
+        from streaming import summaries, vectorized
 
         true_tokens = self.task.options.get("true_tokens", ())
         kinds = self.staged_types or [self.typers[i].current for i in self.out_positions]
         probe = next((i for i, kind in enumerate(kinds) if kind in ("integer", "bigint")), None)
         span = None
+        # What each staged column is read as for the catalog: the type the merge gives its values
+        # (text where another input of the batch holds text; a date in a configured format is left
+        # to the merge's SQL).
+        text_columns = set(self.task.text_columns)
+        read_as = [TEXT if self.columns[i] in text_columns else
+                   None if self.typers[i].format is not None else self.typers[i].current for i in self.out_positions]
+        summarizers = [summaries.ColumnSummarizer(kind) for kind in read_as]
         for batch in batches:
             if probe is not None:
                 block = vectorized.ascending_span(batch.column(probe + 1))
@@ -444,9 +457,16 @@ class RowStage:
             columns = [batch.column(i) for i in range(batch.num_columns)]
             if self.staged_types:
                 columns[1:] = [vectorized.staged(c, kind, true_tokens) for c, kind in zip(columns[1:], self.staged_types)]
+            started = time.perf_counter()
+            for summarizer, column, kind in zip(summarizers, columns[1:], read_as):
+                if kind == "boolean" and column.type != pa.bool_():
+                    column = vectorized.staged(column, kind, true_tokens)
+                summarizer.add(column)
+            self.timings["catalog"] += time.perf_counter() - started
             yield vectorized.copy_csv(columns, batch.schema.names)
         if probe is not None and span is not None:
             self.ascending = (self.out_names[probe], *span)
+        self.summaries = {name: s.result() for name, s in zip(self.out_names, summarizers)}
 
     def staging_types(self, text_columns=()) -> list[str]:
         """The type each staged column can be staged as, so that the merge casts nothing: the inferred

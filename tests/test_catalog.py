@@ -408,3 +408,64 @@ def test_a_column_whose_values_come_late_in_a_large_batch_is_estimated(db, make_
     tag = next(c for c in doc["columns"] if c["name"] == "tag")
     assert late["distinct_estimated"] and late["top_values"] is None and late["null_count"] == 11_000
     assert not tag["distinct_estimated"] and tag["distinct_count"] == 4
+
+
+def typed_file(rng: random.Random, path, rows: int, id_range: int) -> None:
+    """A CSV of every type the stage tasks summarize, written the ways PostgreSQL reads them alike
+    (``+5``, ``1.50`` beside ``1.5``, ``1.5e-3``, zones and none, ``yes`` and ``TRUE``), with nulls."""
+    lines = ["id,qty,status,amount,ratio,day,at,zoned,flag,note"]
+    for _ in range(rows):
+        maybe = lambda value: "" if rng.random() < 0.1 else value  # noqa: E731 - a null sometimes
+        moment = dt.datetime(2023, 1, 1) + dt.timedelta(seconds=rng.randrange(10**8), microseconds=rng.choice([0, 500000, 123]))
+        lines.append(",".join([
+            str(rng.randrange(id_range)),
+            maybe(rng.choice(["+", "", "-"]) + str(rng.randrange(50))),
+            maybe(rng.choice(["new", "paid", "Zoë", "shipped"])),
+            # (PostgreSQL's numeric hash leaves out the sign: x and -x are one value to a sketch.)
+            maybe(rng.choice([f"{rng.randrange(5000) / 100:.2f}", f"{rng.randrange(100) / 10:.1f}", "+1.50",
+                              "0.00", "-0.0", ".5", "12."])),
+            maybe(rng.choice([f"{rng.random():.6e}", f"{rng.random() * 1e-3:.3e}", "-0", "1E+3", "+7"])),
+            maybe((dt.date(2020, 1, 1) + dt.timedelta(days=rng.randrange(2000))).isoformat()),
+            maybe(rng.choice([moment.isoformat(sep=" "), moment.isoformat(), moment.date().isoformat(),
+                              moment.strftime("%Y-%m-%d %H:%M")])),
+            maybe(moment.strftime("%Y-%m-%d %H:%M:%S") + rng.choice(["+05:30", "Z", "-0800", "+02"])),
+            maybe(rng.choice(["true", "false", "yes", "no", "TRUE"])),
+            maybe('"' + ("ü" * rng.randrange(0, 30) + str(rng.randrange(10**5)) + ', "x"').replace('"', '""') + '"'),
+        ]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_statistics_the_stage_tasks_compute_are_the_ones_sql_gives(db, make_settings, tmp_path, monkeypatch, seed):
+    """Files read by the vectorized reader come with their columns' statistics (streaming.summaries):
+    through appends, upserts and overwrites the catalog built from them is the SQL over the table."""
+    from connectors import csvfast, postgres
+
+    monkeypatch.setattr(csvfast, "MIN_BYTES", 0)
+    monkeypatch.setattr(csvfast, "BLOCK_BYTES", 16384)
+    covered = []
+    original = postgres.batch_summary
+
+    def spy(staged, columns):
+        summary = original(staged, columns)
+        covered.append({n for n in columns if summary.covers(n)})
+        return summary
+
+    monkeypatch.setattr(postgres, "batch_summary", spy)
+    rng = random.Random(seed)
+    for step in range(6):
+        mode = rng.choice(["append", "upsert", "overwrite"] if step else ["append"])
+        settings = make_settings(datasets={"typed": {"mode": mode, "primary_key": ["id"]}})
+        path = tmp_path / f"step{step}.csv"
+        typed_file(rng, path, rows=rng.randrange(300, 1200), id_range=2000)
+        result = load(settings, "typed", path, batch_id=step)
+        assert result.rows_in == result.loaded + result.quarantined + result.duplicates
+        assert_catalog_true(db, settings, "typed")
+    assert db.columns("typed") == {"id": "integer", "qty": "integer", "status": "text", "amount": "numeric",
+                                   "ratio": "double precision", "day": "date", "at": "timestamp without time zone",
+                                   "zoned": "timestamp with time zone", "flag": "boolean", "note": "text"}
+    assert covered and all(c == set(db.columns("typed")) for c in covered)  # no column left to the SQL
+    sketches = "SELECT column_name, registers FROM {c}.column_hll WHERE dataset = 'typed' ORDER BY 1"
+    incremental = [(n, bytes(r)) for n, r in db.query(sketches)]
+    catalog.refresh_dataset(settings.dsn, settings, "typed")
+    assert incremental == [(n, bytes(r)) for n, r in db.query(sketches)]

@@ -333,7 +333,8 @@ def _stage_records(task: StageTask, rows) -> StageReport:
     copy_to_stage(task, parsed)
     return mismatch_report(task, parsed) or StageReport(
         task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
-        quarantined_rows=parsed.quarantined, ascending=parsed.ascending, timings=parsed.timings)
+        quarantined_rows=parsed.quarantined, ascending=parsed.ascending, summaries=parsed.summaries,
+        timings=parsed.timings)
 
 
 def run_records_task(task: StageTask, rows: Iterable[tuple[str, int]]) -> StageReport:
