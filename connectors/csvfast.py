@@ -40,6 +40,11 @@ class NeedsExactReader(Exception):
     """The input holds something only the exact reader reports row by row."""
 
 
+class NeedsWholeFile(Exception):
+    """A part of a large file finds its file is not what planning took it for (see
+    :func:`connectors.csvfile.plan_parts`): the file is parsed again in one piece."""
+
+
 def supports(encoding: str) -> bool:
     """Whether the vectorized reader can read a file in ``encoding``."""
     return codecs.lookup(encoding).name in _BYTE_ENCODINGS
@@ -108,18 +113,25 @@ class ArrowFile(RowStage):
         self.spool = tempfile.TemporaryFile(prefix="dataops-stage-")
         with pa.ipc.new_stream(pa.PythonFile(self.spool, mode="w"), schema) as writer:
             for block, line in self._blocks():
+                if b"\x00" in block:  # no text holds one (a part's file was not checked for it as a whole)
+                    raise NeedsExactReader(f"line {line}: a NUL byte")
                 if transcode:
-                    block = block.decode(self.encoding).encode("utf-8")
+                    try:
+                        block = block.decode(self.encoding).encode("utf-8")
+                    except UnicodeDecodeError:  # a part's file, checked as a whole by the exact path
+                        raise NeedsExactReader(f"line {line}: not {self.encoding}") from None
                 if not pc.match_substring_regex(pa.array([block], pa.binary()), pattern)[0].as_py():
                     raise NeedsExactReader(f"line {line}: the block is not plain RFC 4180")
                 try:
+                    # One chunk per column: the task's blocks follow each other on one core (the other
+                    # cores run the other tasks), and a column of two chunks costs a copy to join.
                     table = pcsv.read_csv(pa.py_buffer(block),
-                                          read_options=pcsv.ReadOptions(column_names=names,
-                                                                        block_size=max(1 << 20, len(block) // 2 + 1)),
+                                          read_options=pcsv.ReadOptions(column_names=names, use_threads=False,
+                                                                        block_size=len(block) + 1),
                                           parse_options=parse, convert_options=convert)
                 except pa.ArrowInvalid as exc:  # ragged rows, blank lines
                     raise NeedsExactReader(f"line {line}: {exc}") from None
-                columns = [table.column(i).combine_chunks() for i in range(len(names))]
+                columns = [_one_array(table.column(i)) for i in range(len(names))]
                 for column in columns:
                     if len(column) and pc.max(pc.binary_length(column)).as_py() > self.field_limit:
                         raise NeedsExactReader(f"line {line}: a field is over the size limit")
@@ -173,6 +185,11 @@ class ArrowFile(RowStage):
                 block, carry = text[:cut], text[cut:]
                 yield block, line
                 line += block.count(b"\n")
+
+
+def _one_array(column):
+    """A column of one chunk as that chunk (no copy); any other column joined into one array."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _record_end(data: bytes) -> int:

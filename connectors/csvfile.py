@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 
 from connectors import csvfast
-from connectors.csvfast import ArrowFile, NeedsExactReader, supports
+from connectors.csvfast import ArrowFile, NeedsExactReader, NeedsWholeFile, supports
 from connectors.staging import copy_to_stage, run_stage_task
 from streaming.errors import FileRejected
 from streaming.naming import keep_table_names, normalize_columns, normalize_identifier
@@ -43,6 +43,7 @@ class FilePlan:
     delimiter: str
     header: tuple
     ranges: tuple  # ((start byte, end byte, first physical line), ...)
+    checked: bool = True  # the whole file was checked as ``encoding`` (else the parts check it)
 
 
 
@@ -54,15 +55,20 @@ def run_file_task(task: StageTask) -> StageReport:
 
 def _stage_file(task: StageTask) -> StageReport:
     encoding = task.encoding or detect_encoding(_input(task), task.name, task.options.get("encoding"))
-    parsed = _vectorized(task, encoding)
-    if parsed is not None:
-        try:
+    try:
+        parsed = _vectorized(task, encoding)
+        if parsed is not None:
+            try:
+                copy_to_stage(task, parsed)
+            except NeedsExactReader:
+                parsed = None  # staged again below, row by row; the aborted COPY left nothing behind
+        if parsed is None:
+            if task.header is not None:  # a part: what the vectorized reader checks, checked here
+                check_part(task, encoding)
+            parsed = _ParsedFile(task, encoding)
             copy_to_stage(task, parsed)
-        except NeedsExactReader:
-            parsed = None  # staged again below, row by row; the aborted COPY left nothing behind
-    if parsed is None:
-        parsed = _ParsedFile(task, encoding)
-        copy_to_stage(task, parsed)
+    except NeedsWholeFile:
+        return StageReport(task.name, task.path, task.seq, "staged", bad_cut=True)
     mismatch = mismatch_report(task, parsed)
     if mismatch:
         return mismatch
@@ -151,18 +157,10 @@ def detect_encoding(path: "str | ByteSource", name: str, configured: str | None)
     whose printable range covers latin-1 text; bytes that are undefined in cp1252 mean the file is not
     text in any encoding we can tell apart, and it is rejected rather than loaded as mojibake.
     """
-    size = _size(path)
-    with _open_binary(path) as f:
-        head = f.read(SNIFF_BYTES)
-    if size == 0 or not head.strip(b" \t\r\n\xef\xbb\xbf"):
-        raise FileRejected("empty", f"{name}: the file is empty")
+    head = _check_head(path, name)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
-    control = _BINARY_BYTES.search(head)
-    if control:
-        raise FileRejected("binary", f"{name}: binary content (control byte 0x{control.group()[0]:02x} at offset "
-                                     f"{control.start()}); not a CSV file")
-    candidates = [configured] if configured else ["utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8", "cp1252"]
+    candidates = [configured] if configured else [_utf8_name(head), "cp1252"]
     failure = ""
     for encoding in candidates:
         decoder = codecs.getincrementaldecoder(encoding)("strict")
@@ -182,6 +180,75 @@ def detect_encoding(path: "str | ByteSource", name: str, configured: str | None)
             failure = f"{encoding} fails at byte {offset + exc.start}"
     raise FileRejected("encoding", f"{name}: cannot decode the file as text ({'; '.join([failure])}); "
                                    f"set datasets.<name>.encoding if it is in another encoding")
+
+
+def _check_head(path: "str | ByteSource", name: str) -> bytes:
+    """The file's first bytes, or :class:`FileRejected` for an empty file or binary content in them."""
+    with _open_binary(path) as f:
+        head = f.read(SNIFF_BYTES)
+    if _size(path) == 0 or not head.strip(b" \t\r\n\xef\xbb\xbf"):
+        raise FileRejected("empty", f"{name}: the file is empty")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return head
+    control = _BINARY_BYTES.search(head)
+    if control:
+        raise FileRejected("binary", f"{name}: binary content (control byte 0x{control.group()[0]:02x} at offset "
+                                     f"{control.start()}); not a CSV file")
+    return head
+
+
+def _utf8_name(head: bytes) -> str:
+    return "utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8"
+
+
+def _head_encoding(path: "str | ByteSource", name: str, configured: str | None) -> tuple[str, bool]:
+    """The encoding the file's first bytes are in, and whether the whole file was checked: when
+    they decode (as configured, else as UTF-8) the rest is left for the parts to check as they read
+    it; otherwise the whole file decides (:func:`detect_encoding`)."""
+    head = _check_head(path, name)
+    guess = configured or _utf8_name(head)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in head:
+        return detect_encoding(path, name, configured), True
+    try:
+        codecs.getincrementaldecoder(guess)("strict").decode(head)  # a character cut at the end waits
+    except UnicodeDecodeError:
+        return detect_encoding(path, name, configured), True
+    return guess, False
+
+
+def check_part(task: StageTask, encoding: str) -> None:
+    """What planning left for a part of a large file to check before it is read record by record:
+    that its bytes are in ``encoding`` (unless the whole file was checked), hold no NUL, and no quote
+    stands between two ordinary characters (which would make the cuts' quote counts mislead).
+
+    Raises:
+        NeedsWholeFile: any of it; the file is parsed again in one piece, which decides as a whole.
+    """
+    decoder = None if task.encoding_checked else codecs.getincrementaldecoder(encoding)("strict")
+    stray = _stray_quote(task.delimiter.encode(encoding))
+    previous = b""
+    with _RangeFile(_input(task), task.start, task.end) as f:
+        while block := f.read(_SCAN_BLOCK):
+            if b"\x00" in block or stray.search(previous[-2:] + block):
+                raise NeedsWholeFile(f"{task.name}: part {task.part} holds a NUL or a stray quote")
+            if decoder is not None:
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError:
+                    raise NeedsWholeFile(f"{task.name}: part {task.part} is not {encoding}") from None
+            previous = block
+    if decoder is not None:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise NeedsWholeFile(f"{task.name}: part {task.part} is not {encoding}") from None
+
+
+def _stray_quote(separator: bytes) -> re.Pattern:
+    """A quote with an ordinary character on both sides. The pattern starts with the quote itself so
+    the regex engine can skip ahead to quote characters (a leading class would test every byte)."""
+    ordinary = b'[^' + re.escape(separator) + b'\n\r"]'
+    return re.compile(b'"(?<=' + ordinary + b'")(?=' + ordinary + b')')
 
 
 def sniff_delimiter(sample: str) -> str:
@@ -212,17 +279,21 @@ _SCAN_BLOCK = 8 << 20
 def plan_parts(path: "str | ByteSource", name: str, options: dict, parts: int) -> FilePlan | None:
     """Cut a large file into ``parts`` byte ranges that start and end on record boundaries.
 
-    Runs on the driver: one pass over the bytes at C speed (decode check, quote and newline counts).
-    A line break ends a record when the number of quote characters before it is even, which holds
-    for every RFC 4180 file; a quote in the middle of an unquoted field (``ab"c``) breaks that rule,
-    so such a file is not split and parses as one task. Returns None when the file should not be
-    split; raises :class:`FileRejected` like a file task would.
+    Runs on the driver and reads only what the cuts need, at C speed: the first bytes (encoding,
+    delimiter, header), then quote and line-break counts up to the last cut. A line break ends a
+    record when the number of quote characters before it is even, which holds for every RFC 4180
+    file. Returns None when the file should not be split; raises :class:`FileRejected` like a file
+    task would.
 
-    The quote-parity rule is checked after the fact too: a part that ends inside a quoted field
-    reports ``bad_cut`` and the driver parses the file again in one piece. Because every part starts
-    where the one before it ended, a wrong cut always shows up that way in the part before it.
+    What a pass over the whole file would check, the parts check as they read (the vectorized
+    reader's grammar check, else :func:`check_part`): that the rest of the file is in the encoding
+    its first bytes show, holds no NUL, and has no quote in the middle of an unquoted field
+    (``ab"c``, which breaks the parity rule). A part that finds any of it, or that ends inside a
+    quoted field (a wrong cut shows up that way in the part before it, as every part starts where
+    the one before it ended), reports ``bad_cut``, and the driver parses the file again in one
+    piece, as a file that was never split.
     """
-    encoding = detect_encoding(path, name, options.get("encoding"))
+    encoding, checked = _head_encoding(path, name, options.get("encoding"))
     if codecs.lookup(encoding).name not in _SPLITTABLE or parts < 2:
         return None
     with _open_text(path, encoding) as f:
@@ -233,21 +304,13 @@ def plan_parts(path: "str | ByteSource", name: str, options: dict, parts: int) -
     header_lines, header = _first_record(sample, delimiter)
     if header is None:
         return None
-    sep = delimiter.encode(encoding)
-    # A quote with an ordinary character on both sides. The pattern starts with the quote itself so
-    # the regex engine can skip ahead to quote characters (a leading class would test every byte).
-    ordinary = b'[^' + re.escape(sep) + b'\n\r"]'
-    stray = re.compile(b'"(?<=' + ordinary + b'")(?=' + ordinary + b')')
     size = _size(path)
     targets = [size * k // parts for k in range(1, parts)]
     cuts: list[tuple[int, int]] = []  # (byte offset after a record's line break, lines before it)
     quotes = lines = offset = 0
     header_end = None
-    previous = b""
     with _open_binary(path) as f:
-        while block := f.read(_SCAN_BLOCK):
-            if stray.search(previous[-2:] + block):
-                return None
+        while targets and (block := f.read(_SCAN_BLOCK)):
             pos = 0
             while header_end is None:
                 nl = block.find(b"\n", pos)
@@ -276,7 +339,6 @@ def plan_parts(path: "str | ByteSource", name: str, options: dict, parts: int) -
             quotes += block.count(b'"', pos)
             lines += block.count(b"\n", pos)
             offset += len(block)
-            previous = block
     if header_end is None:
         return None
     bounds = [(header_end, header_lines)] + [c for c in cuts if c[0] > header_end and c[0] < size]
@@ -284,7 +346,7 @@ def plan_parts(path: "str | ByteSource", name: str, options: dict, parts: int) -
     ranges = tuple((b, bounds[i + 1][0] if i + 1 < len(bounds) else size, n + 1) for i, (b, n) in enumerate(bounds))
     if len(ranges) < 2:
         return None
-    return FilePlan(encoding, delimiter, tuple(header), ranges)
+    return FilePlan(encoding, delimiter, tuple(header), ranges, checked)
 
 
 def _first_record(sample: str, delimiter: str) -> tuple[int, list[str] | None]:

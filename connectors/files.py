@@ -108,6 +108,7 @@ def _plan_tasks(ctx: LoadContext, template: StageTask, files: list[LandedFile], 
                 template, path=f.path, name=f.name, seq=seq, stage_table=stage, quarantine_table=quarantine, source=f.source,
                 part=part, start=start, end=end, first_line=first_line,
                 header=plan.header if plan else None, encoding=plan.encoding if plan else None,
+                encoding_checked=plan.checked if plan else True,
                 delimiter=plan.delimiter if plan else None, last_part=part == len(ranges) - 1))
     return tasks
 
@@ -121,18 +122,20 @@ def _run_tasks(ctx: LoadContext, planned: list[StageTask | StageReport], local: 
     if local:
         return done + _restage_as_text(ctx, tasks, [run_file_task(t) for t in tasks], True)
     reports = _spark_job(ctx, tasks)
-    reports = _reject_whole_files(ctx, reports)
     bad = {r.seq for r in reports if r.bad_cut}
     if bad:
-        # A cut was not a record boundary: parse those files again in one piece.
+        # A cut was not a record boundary, or the file is not what its first bytes showed (see
+        # plan_parts): parse those files again in one piece, deciding their encoding as a whole.
         drop_reports(ctx, [r for r in reports if r.seq in bad])
         redo = [dataclasses.replace(t, stage_table=t.stage_table + "w", quarantine_table=t.quarantine_table + "w",
-                                    part=0, start=0, end=None, first_line=1, header=None, last_part=True)
+                                    part=0, start=0, end=None, first_line=1, header=None, last_part=True,
+                                    encoding=None, encoding_checked=True)
                 for t in tasks if t.seq in bad and t.part == 0]
-        log.info("dataset=%s: re-parsing %s in one piece (a part boundary fell inside a quoted field)",
-                 tasks[0].dataset, ", ".join(t.name for t in redo))
+        log.info("dataset=%s: re-parsing %s in one piece (a part boundary fell inside a quoted field, or the "
+                 "file holds what its parts could not be read past)", tasks[0].dataset, ", ".join(t.name for t in redo))
         reports = [r for r in reports if r.seq not in bad] + _spark_job(ctx, redo)
         tasks = tasks + redo
+    reports = _reject_whole_files(ctx, reports)
     reports = _restage_as_text(ctx, tasks, reports, local)
     return done + reports
 

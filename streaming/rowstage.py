@@ -103,6 +103,7 @@ class StageTask:
     last_part: bool = True
     source: ByteSource | None = None  # where the bytes are, when not the local file ``path``
     text_columns: tuple = ()  # columns to stage as text whatever their type (another input of the batch is text)
+    encoding_checked: bool = True  # a part's whole file was checked as ``encoding`` (else the part checks)
 
 
 

@@ -356,16 +356,25 @@ class _Numerics(_Decimals):
         # apart: value = high * 10^8 + low, and 10^8 is two base-10000 digits.
         aligned = -(-self.scale // 4) * 4
         factor = 10 ** (aligned - self.scale)
-        value = np.abs(self.unscaled).astype(np.uint64)  # the sign is not hashed
-        low = (value % np.uint64(100_000_000)) * np.uint64(factor)
-        high = (value // np.uint64(100_000_000)) * np.uint64(factor) + low // np.uint64(100_000_000)
-        digits = np.empty((len(value), 7), np.int16)
-        digits[:, 6] = low % np.uint64(10000)
-        digits[:, 5] = (low // np.uint64(10000)) % np.uint64(10000)
-        for j in (4, 3, 2, 1, 0):
-            digits[:, j] = high % np.uint64(10000)
-            high = high // np.uint64(10000)
-        return pghash.numeric(digits, np.full(len(value), 6 - aligned // 4, np.int64))
+        value = np.abs(self.unscaled).astype(np.uint64)  # the sign is not hashed (zero: no digits)
+        biggest = int(value.max()) * factor if len(value) else 0
+        width = max(1, -(-len(str(biggest)) // 4))  # base-10000 digits of the largest value
+        if width <= 4:  # below 10^16 after scaling: one 64-bit integer holds it
+            rest = value * np.uint64(factor)
+            digits = np.empty((len(value), width), np.int16)
+            for j in range(width - 1, -1, -1):
+                digits[:, j] = rest % np.uint64(10000)
+                rest = rest // np.uint64(10000)
+        else:
+            low = (value % np.uint64(100_000_000)) * np.uint64(factor)
+            high = (value // np.uint64(100_000_000)) * np.uint64(factor) + low // np.uint64(100_000_000)
+            digits = np.empty((len(value), width), np.int16)
+            digits[:, width - 1] = low % np.uint64(10000)
+            digits[:, width - 2] = (low // np.uint64(10000)) % np.uint64(10000)
+            for j in range(width - 3, -1, -1):
+                digits[:, j] = high % np.uint64(10000)
+                high = high // np.uint64(10000)
+        return pghash.numeric(digits, np.full(len(value), width - 1 - aligned // 4, np.int64))
 
 
 class _Doubles(_Decimals):
@@ -512,15 +521,13 @@ def _float8_numeric_sum(numbers: np.ndarray) -> Decimal | None:
     if np.abs(scaled - mantissa).max() >= 0.3:
         return None  # the 15th digit's rounding is too close to call
     mantissa = mantissa.astype(np.int64)
-    # The scale of each printed value: no trailing zeros (as %g prints).
+    # The scale of each printed value: no trailing zeros (as %g prints); counted 8, 4, 2, 1 at a time.
     zeros = np.zeros(len(mantissa), np.int64)
-    rest = mantissa.copy()
-    for _ in range(15):
-        ends = (rest % 10 == 0) & (rest != 0)
-        if not ends.any():
-            break
-        zeros += ends
-        rest = np.where(ends, rest // 10, rest)
+    rest = np.abs(mantissa)
+    for step in (8, 4, 2, 1):
+        ends = rest % 10**step == 0
+        zeros += ends * step
+        rest = np.where(ends, rest // 10**step, rest)
     total = Decimal(0)
     for e in np.unique(exponent).tolist():
         total = _EXACT.add(total, Decimal(_exact_sum(mantissa[exponent == e])).scaleb(e, _EXACT))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from tests.helpers import accounted, load
 
 
@@ -164,19 +166,44 @@ def test_a_cut_inside_a_quoted_field_is_detected_and_the_file_reparsed(db, make_
     assert whole.loaded > 39000
 
 
-def test_a_stray_quote_keeps_a_file_in_one_part(tmp_path):
+def test_cuts_fall_on_record_boundaries(tmp_path):
     from connectors.csvfile import plan_parts
     from streaming.config import DatasetConfig
 
     options = DatasetConfig().model_dump()
     clean = write(tmp_path, "clean.csv", "a,b\n" + '1,"x ""y""\nz"\n' * 100000)
-    stray = write(tmp_path, "stray.csv", "a,b\n" + '1,"x"\n' * 100000 + '2,ab"c\n' + "3,y\n" * 100000)
     plan = plan_parts(str(clean), "clean.csv", options, 2)
     assert plan is not None and len(plan.ranges) == 2
     start, _, first_line = plan.ranges[1]
     data = clean.read_bytes()
     assert data[:start].count(b"\n") + 1 == first_line and first_line % 2 == 0  # a record starts there
-    assert plan_parts(str(stray), "stray.csv", options, 2) is None
+
+
+@pytest.mark.parametrize("case", ["stray quote", "cp1252 past the first bytes", "NUL past the first bytes"])
+def test_a_split_file_its_parts_cannot_read_parses_as_one_piece(db, make_settings, tmp_path, spark, case):
+    """Planning reads only the first bytes and the counts up to the cuts; a part that finds a stray
+    quote (which breaks the quote counts), bytes of another encoding or a NUL sends the file back to
+    be read as a whole, with the result of a file never split."""
+    rows = "".join(f'{n},"note {n}, with a comma",padding padding padding\n' for n in range(40000))
+    tail = {"stray quote": '40000,ab"c,x\n41000,"a\nb",y\n', "cp1252 past the first bytes": "40000,Caf\xe9,x\n",
+            "NUL past the first bytes": "40000,a\x00b,x\n"}[case]
+    body = ("id,note,pad\n" + rows + tail + rows.replace(",padding", ",more")).encode("latin-1")
+    path = tmp_path / "big.csv"
+    path.write_bytes(body)
+    split = make_settings(landing={"local_parse_bytes": 0, "split_bytes": 1 << 20})
+    parts = load(split, "split", path, spark=spark)
+    whole = load(make_settings(), "whole", path)
+    assert parts.files[0]["status"] == whole.files[0]["status"]
+    if case == "NUL past the first bytes":
+        assert parts.files[0]["reason"] == whole.files[0]["reason"] == "binary"
+        assert parts.files[0]["detail"] == whole.files[0]["detail"]
+        return
+    assert parts.files[0]["parts"] == 1  # planned in parts, then parsed in one piece
+    assert parts.files[0]["encoding"] == whole.files[0]["encoding"]
+    assert (parts.rows_in, parts.loaded, parts.quarantined) == (whole.rows_in, whole.loaded, whole.quarantined)
+    assert parts.rows_in == body.count(b"\n") - 1 - (1 if case == "stray quote" else 0)
+    assert db.query("SELECT * FROM {s}.split EXCEPT ALL SELECT * FROM {s}.whole") == []
+    assert db.scalar("SELECT count(*) FROM {s}.split") == whole.loaded
 
 
 def test_a_split_file_is_rejected_whole_when_one_part_does_not_match(db, make_settings, tmp_path, spark):
