@@ -76,7 +76,7 @@ class ArrowFile(RowStage):
     raises :class:`NeedsExactReader` for input only the exact reader reports exactly.
     """
 
-    copy_format = "csv"
+    copy_format = "binary"
 
     def __init__(self, task: StageTask, encoding: str, delimiter: str, start: int, end: int | None,
                  first_line: int, open_range):

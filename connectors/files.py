@@ -68,11 +68,11 @@ def _log_timings(dataset: str, reports: list[StageReport], seconds: float) -> No
     staged = [r for r in reports if r.timings]
     if not staged:
         return
-    total = {k: sum(r.timings.get(k, 0.0) for r in staged) for k in ("parse", "clean_type", "catalog", "copy")}
+    total = {k: sum(r.timings.get(k, 0.0) for r in staged) for k in ("parse", "clean_type", "encode", "catalog", "copy")}
     log.log(logging.INFO if seconds >= 1.0 else logging.DEBUG,
-            "dataset=%s staged rows=%d tasks=%d wall=%.2fs task seconds: parse=%.2fs clean_type=%.2fs catalog=%.2fs "
-            "copy=%.2fs", dataset, sum(r.staged_rows + r.quarantined_rows for r in staged), len(staged), seconds,
-            total["parse"], total["clean_type"], total["catalog"], total["copy"])
+            "dataset=%s staged rows=%d tasks=%d wall=%.2fs task seconds: parse=%.2fs clean_type=%.2fs encode=%.2fs "
+            "catalog=%.2fs copy=%.2fs", dataset, sum(r.staged_rows + r.quarantined_rows for r in staged), len(staged),
+            seconds, total["parse"], total["clean_type"], total["encode"], total["catalog"], total["copy"])
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,

@@ -77,24 +77,27 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
             stage = sql.Identifier(task.stage_schema, task.stage_table)
             quarantine = sql.Identifier(task.stage_schema, task.quarantine_table)
             names = [sql.Identifier(f"c{i}") for i in range(len(parsed.out_names))]
-            cols = sql.SQL(", ").join([sql.Identifier("_ord"), *names])
+            # Binary rows come in the row stage's order of fields (RowStage.copy_order).
+            order = parsed.copy_order() if parsed.copy_format == "binary" else range(len(names))
+            cols = sql.SQL(", ").join([sql.Identifier("_ord"), *(names[i] for i in order)])
             cur.execute(sql.SQL("DROP TABLE IF EXISTS {}, {}").format(stage, quarantine))
             types = parsed.staged_types or ["text"] * len(names)
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
                 stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} {}").format(n, sql.SQL(t))
                                                                     for n, t in zip(names, types))])))
-            csv_format = sql.SQL(" WITH (FORMAT csv)" if parsed.copy_format == "csv" else "")
+            options = sql.SQL({"binary": " WITH (FORMAT binary)", "text": ""}[parsed.copy_format])
             reader = _IterReader(parsed.copy_chunks())
             timings = parsed.timings
-            started, working_before = time.perf_counter(), timings["clean_type"] + timings["catalog"]
+            working = ("clean_type", "encode", "catalog")
+            started, working_before = time.perf_counter(), sum(timings[k] for k in working)
             try:
-                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, cols, csv_format).as_string(cur),
+                cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN{}").format(stage, cols, options).as_string(cur),
                                 reader, size=1 << 16)
             except psycopg2.Error:
                 if reader.failure is not None:  # the input's own error, which psycopg2 reports as its own
                     raise reader.failure from None
                 raise
-            timings["parse"] += max(0.0, reader.producing - (timings["clean_type"] + timings["catalog"] - working_before))
+            timings["parse"] += max(0.0, reader.producing - (sum(timings[k] for k in working) - working_before))
             timings["copy"] += max(0.0, time.perf_counter() - started - reader.producing)
             if parsed.quarantined:  # most inputs have nothing to quarantine: no table (and no DDL) for them
                 cur.execute(sql.SQL(

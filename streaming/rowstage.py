@@ -134,7 +134,8 @@ class StageReport:
     # not computed, the merge's SQL reads the staged rows).
     summaries: dict | None = None
     # Seconds the task spent reading its input ("parse"), cleaning and typing it ("clean_type"),
-    # summarizing it for the catalog ("catalog") and waiting for PostgreSQL to take the rows ("copy").
+    # encoding it for COPY ("encode"), summarizing it for the catalog ("catalog") and waiting for
+    # PostgreSQL to take the rows ("copy").
     timings: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -189,7 +190,7 @@ class RowStage:
         empty_is_null: whether an empty value is NULL whatever ``nulls`` says.
     """
 
-    copy_format = "text"  # what copy_chunks yields: COPY text format (str), or "csv" (UTF-8 bytes)
+    copy_format = "text"  # what copy_chunks yields: COPY text format (str), or "binary" (bytes)
     staged_types: list | None = None  # the staging table's column types after prepare() (None: all text)
     ascending: tuple | None = None  # StageReport.ascending, known once the rows are staged
     summaries: dict | None = None  # StageReport.summaries, known once the rows are staged
@@ -204,7 +205,7 @@ class RowStage:
         self.staged = 0
         self.quarantined = 0
         self.bad_cut = False
-        self.timings = {"parse": 0.0, "clean_type": 0.0, "catalog": 0.0, "copy": 0.0}  # see StageReport.timings
+        self.timings = {"parse": 0.0, "clean_type": 0.0, "encode": 0.0, "catalog": 0.0, "copy": 0.0}  # StageReport
         self.quarantine = tempfile.SpooledTemporaryFile(max_size=8 << 20, mode="w+", encoding="utf-8", newline="")
         self.source_names: list[str] = []
         self.columns: list[str] = []  # for quarantine records until the columns are known
@@ -214,6 +215,7 @@ class RowStage:
         self.fixed: set[int] = set()
         self.out_positions: list[int] = []
         self.out_names: list[str] = []
+        self.null_columns: set[int] = set()  # staged columns with a NULL among the rows kept so far
         self.key_positions: list[int] = []
         # Null-token probes over a column joined by newlines (see _clean).
         self._empty_is_null = "" in self.nulls if empty_is_null is None else empty_is_null
@@ -426,18 +428,22 @@ class RowStage:
             keep = pc.invert(pc.is_in(pa.array(range(rows), pa.int64()), value_set=pa.array(sorted(bad), pa.int64())))
             out = [pc.filter(c, keep) for c in out]
         self.staged += rows - len(bad)
+        self.null_columns.update(j for j, column in enumerate(out[1:]) if column.null_count)
         return out if rows > len(bad) else None
 
     def arrow_copy(self, batches) -> Iterator[bytes]:
-        """``COPY ... (FORMAT csv)`` input of the rows :meth:`arrow_rows` kept (record batches of the
-        positions, then the staged columns), a batch at a time, typed as :attr:`staged_types` says
-        (None: all text). Sets :attr:`ascending` when the first integer column strictly increases
-        through all the rows, and :attr:`summaries` to what the rows add to the catalog."""
+        """``COPY ... (FORMAT binary)`` input of the rows :meth:`arrow_rows` kept (record batches of
+        the positions, then the staged columns), a batch at a time, typed as :attr:`staged_types`
+        says (None: all text). Each column is read as its type once (:func:`streaming.pgvalues.read`),
+        for the binary fields and for the catalog. Sets :attr:`ascending` when the first integer
+        column strictly increases through all the rows, and :attr:`summaries` to what the rows add
+        to the catalog."""
         import pyarrow as pa
 
-        from streaming import summaries, vectorized
+        from streaming import pgvalues, summaries, vectorized
 
         true_tokens = self.task.options.get("true_tokens", ())
+        staged = self.staged_types or [TEXT] * len(self.out_positions)
         kinds = self.staged_types or [self.typers[i].current for i in self.out_positions]
         probe = next((i for i, kind in enumerate(kinds) if kind in ("integer", "bigint")), None)
         span = None
@@ -448,6 +454,9 @@ class RowStage:
         read_as = [TEXT if self.columns[i] in text_columns else
                    None if self.typers[i].format is not None else self.typers[i].current for i in self.out_positions]
         summarizers = [summaries.ColumnSummarizer(kind) for kind in read_as]
+        scales: list[int | None] = [None] * len(staged)  # numerics: the scale the column was read at so far
+        order = self.copy_order()
+        yield pgvalues.COPY_HEADER
         for batch in batches:
             if probe is not None:
                 block = vectorized.ascending_span(batch.column(probe + 1))
@@ -455,19 +464,43 @@ class RowStage:
                     probe = span = None
                 else:
                     span = (span[0] if span else block[0], block[1])
-            columns = [batch.column(i) for i in range(batch.num_columns)]
-            if self.staged_types:
-                columns[1:] = [vectorized.staged(c, kind, true_tokens) for c, kind in zip(columns[1:], self.staged_types)]
             started = time.perf_counter()
-            for summarizer, column, kind in zip(summarizers, columns[1:], read_as):
-                if kind == "boolean" and column.type != pa.bool_():
+            readings = []
+            for j, kind in enumerate(staged):
+                column = batch.column(j + 1)
+                if kind == "boolean":
                     column = vectorized.staged(column, kind, true_tokens)
-                summarizer.add(column)
-            self.timings["catalog"] += time.perf_counter() - started
-            yield vectorized.copy_csv(columns, batch.schema.names)
+                reading = pgvalues.read(column, kind, scales[j])
+                scales[j] = getattr(reading, "scale", None)
+                readings.append(reading)
+            encoded = time.perf_counter()
+            for j, (summarizer, kind) in enumerate(zip(summarizers, read_as)):
+                if kind == staged[j]:
+                    summarizer.add(readings[j])
+                elif kind is not None:  # staged as text, cast by the merge: read as that type
+                    column = batch.column(j + 1)
+                    if kind == "boolean" and column.type != pa.bool_():
+                        column = vectorized.staged(column, kind, true_tokens)
+                    summarizer.add(column)
+            summarized = time.perf_counter()
+            rows = pgvalues.copy_rows(batch.column(0), [readings[j] for j in order])
+            self.timings["encode"] += encoded - started + time.perf_counter() - summarized
+            self.timings["catalog"] += summarized - encoded
+            yield rows
+        yield pgvalues.COPY_TRAILER
         if probe is not None and span is not None:
             self.ascending = (self.out_names[probe], *span)
         self.summaries = {name: s.result() for name, s in zip(self.out_names, summarizers)}
+
+    def copy_order(self) -> list[int]:
+        """The staged columns in the order :meth:`arrow_copy` writes them (the COPY's column list
+        names them so, after ``_ord``): first the typed columns without a NULL in the task's rows,
+        whose fields are laid out together as one record per row, then the others."""
+        from streaming import pgvalues
+
+        staged = self.staged_types or [TEXT] * len(self.out_positions)
+        fixed = [j for j, kind in enumerate(staged) if pgvalues.fixed_width(kind) and j not in self.null_columns]
+        return fixed + [j for j in range(len(staged)) if j not in fixed]
 
     def staging_types(self, text_columns=()) -> list[str]:
         """The type each staged column can be staged as, so that the merge casts nothing: the inferred

@@ -1,4 +1,4 @@
-"""The row stage's column kernels on Arrow arrays: trim, null tokens, type checks, COPY encoding.
+"""The row stage's column kernels on Arrow arrays: trim, null tokens, type checks, line numbers.
 
 Every function works on a whole column at once (Arrow compute, compiled RE2 patterns), so the common
 case costs no Python per value. The type checks are *sound shortcuts* of :class:`streaming.schema.ColumnTyper`:
@@ -11,12 +11,10 @@ Pure; runs wherever the row stage runs (executor tasks, or the driver for a smal
 
 from __future__ import annotations
 
-import io
 import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 
 from streaming.schema import RE2_VALUE
 
@@ -137,11 +135,3 @@ def ascending_span(values: pa.Array) -> tuple[int, int] | None:
     if len(numbers) > 1 and not pc.all(pc.greater(numbers[1:], numbers[:-1])).as_py():
         return None
     return numbers[0].as_py(), numbers[-1].as_py()
-
-
-def copy_csv(columns: list[pa.Array], names: list[str]) -> bytes:
-    """The rows as ``COPY ... (FORMAT csv)`` input: NULL as an unquoted empty field, text quoted."""
-    table = pa.Table.from_arrays(columns, names=names)
-    out = io.BytesIO()
-    pcsv.write_csv(table, out, pcsv.WriteOptions(include_header=False, quoting_style="needed"))
-    return out.getvalue()

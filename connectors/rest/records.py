@@ -300,7 +300,7 @@ class _ParsedRecords(RowStage):
             if j:
                 self.typers[i] = _JsonTyper(self.bools)
         if self.vectorized:
-            self.copy_format = "csv"
+            self.copy_format = "binary"
             self.blocks = [c.fill_null("") if isinstance(c, pa.Array) else pa.array(c, pa.string()) for c in texts]
         else:
             self.blocks = [c.fill_null("").to_pylist() if isinstance(c, pa.Array) else c for c in texts]
@@ -308,20 +308,21 @@ class _ParsedRecords(RowStage):
     def prepare(self) -> None:
         """The vectorized stage: every column cleaned and typed at once (the rows kept in memory,
         where the partition's records already are)."""
-        if self.copy_format == "csv":
+        if self.copy_format == "binary":
             import pyarrow as pa
 
             self.kept = self.arrow_rows(self.blocks, pa.array(self.positions, pa.int64())) if self.positions else None
             self.blocks = []
 
     def copy_chunks(self) -> Iterator[str | bytes]:
-        if self.copy_format == "csv":
+        if self.copy_format == "binary":
+            batches = []
             if self.kept is not None:
                 import pyarrow as pa
 
                 names = ["_ord", *(f"c{i}" for i in range(len(self.kept) - 1))]
-                table = pa.Table.from_arrays(self.kept, names=names)
-                yield from self.arrow_copy(table.to_batches(max_chunksize=20 * CHUNK_ROWS))
+                batches = pa.Table.from_arrays(self.kept, names=names).to_batches(max_chunksize=20 * CHUNK_ROWS)
+            yield from self.arrow_copy(batches)  # a binary COPY has its header and trailer even without rows
             return
         for start in range(0, len(self.positions), CHUNK_ROWS):
             end = start + CHUNK_ROWS
