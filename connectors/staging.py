@@ -85,7 +85,9 @@ def copy_to_stage(task: StageTask, parsed: RowStage) -> None:
             cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
                 stage, sql.SQL(", ").join([sql.SQL("_ord bigint"), *(sql.SQL("{} {}").format(n, sql.SQL(t))
                                                                     for n, t in zip(names, types))])))
-            options = sql.SQL({"binary": " WITH (FORMAT binary)", "text": ""}[parsed.copy_format])
+            # FREEZE (the table is this transaction's own): its rows are written frozen, so the merge's
+            # scan does not stop to set every tuple's hint bits, and dirty every page again.
+            options = sql.SQL({"binary": " WITH (FORMAT binary, FREEZE)", "text": " WITH (FREEZE)"}[parsed.copy_format])
             reader = _IterReader(parsed.copy_chunks())
             timings = parsed.timings
             working = ("clean_type", "encode", "catalog")
