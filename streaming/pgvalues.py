@@ -309,6 +309,7 @@ class _Numerics(_Decimals):
 
     def __init__(self, raw, kind, scale=None):
         super().__init__(raw, kind)
+        self._digit_rows: tuple[np.ndarray, int] | None = None
         try:
             self.scale, self.unscaled = _unscaled(raw, scale)
         except (pa.ArrowInvalid, OverflowError):  # more than 64 bits at one scale
@@ -324,7 +325,13 @@ class _Numerics(_Decimals):
 
     def _digits(self) -> tuple[np.ndarray, int]:
         """Base-10000 digits of the values' magnitudes aligned on the decimal point (one row each,
-        most significant first) and the weight of the first column."""
+        most significant first) and the weight of the first column (computed once: both the COPY
+        fields and the hashes use them)."""
+        if self._digit_rows is None:
+            self._digit_rows = self._compute_digits()
+        return self._digit_rows
+
+    def _compute_digits(self) -> tuple[np.ndarray, int]:
         # The scale rounded up to a multiple of 4, the value scaled by the rest. Scaled, it could pass
         # 64 bits, so its halves are scaled apart: value = high * 10^8 + low, and 10^8 is two digits.
         aligned = -(-self.scale // 4) * 4
