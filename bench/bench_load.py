@@ -147,8 +147,8 @@ class Phases:
                 if "task seconds:" in message:
                     phases.tasks.append(message.split("task seconds: ", 1)[1])
 
-        logging.getLogger("connectors.files").addHandler(Capture(logging.INFO))
-        logging.getLogger("connectors.files").setLevel(logging.INFO)
+        logging.getLogger("streaming.batch").addHandler(Capture(logging.INFO))
+        logging.getLogger("streaming.batch").setLevel(logging.INFO)
 
     def progress(self, phase: str, _value) -> None:
         self.marks.append((phase, time.perf_counter()))

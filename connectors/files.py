@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from pathlib import Path
 
 from connectors import postgres
@@ -54,25 +53,10 @@ def file_batch(ctx: LoadContext, files: list[LandedFile], config, source: str, *
 
     def stage(template: StageTask, token: str) -> list[StageReport]:
         local = ctx.spark is None or sum(f.size for f in files) <= ctx.settings.landing.local_parse_bytes
-        started = time.monotonic()
-        reports = _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
-        _log_timings(template.dataset, reports, time.monotonic() - started)
-        return reports
+        return _run_tasks(ctx, _plan_tasks(ctx, template, files, token, split=not local), local)
 
     return Batch(source=source, stage=stage, options=options, inputs=files, keeps_rejected_input=keeps_rejected_input,
                  record_rejections=record_rejections, files=len(files))
-
-
-def _log_timings(dataset: str, reports: list[StageReport], seconds: float) -> None:
-    """Where a batch's staging time went, summed over its tasks (which run side by side)."""
-    staged = [r for r in reports if r.timings]
-    if not staged:
-        return
-    total = {k: sum(r.timings.get(k, 0.0) for r in staged) for k in ("parse", "clean_type", "encode", "catalog", "copy")}
-    log.log(logging.INFO if seconds >= 1.0 else logging.DEBUG,
-            "dataset=%s staged rows=%d tasks=%d wall=%.2fs task seconds: parse=%.2fs clean_type=%.2fs encode=%.2fs "
-            "catalog=%.2fs copy=%.2fs", dataset, sum(r.staged_rows + r.quarantined_rows for r in staged), len(staged),
-            seconds, total["parse"], total["clean_type"], total["encode"], total["catalog"], total["copy"])
 
 
 def load_files(ctx: LoadContext, dataset: str, files: list[LandedFile], stream: str, batch_id: int,

@@ -163,7 +163,9 @@ def _commit_batch(ctx: LoadContext, table: str, cfg, batch: Batch, stream: str, 
     token = stage_token()
     if ctx.progress is not None:
         ctx.progress("stage", token)
+    started = time.monotonic()
     reports = batch.stage(template, token)
+    _log_timings(dataset, reports, time.monotonic() - started)
     if not reports and not batch.files:
         # A batch without input (an endpoint's failed or empty poll): nothing to load, nothing to record.
         return postgres.MergeResult(load_id=0)
@@ -281,6 +283,19 @@ class LinkRefresher:
                     return
                 dataset = self._wanted.pop(0)
             find_links(self._ctx, dataset)
+
+
+def _log_timings(dataset: str, reports: list[StageReport], seconds: float) -> None:
+    """Where a batch's staging time went, summed over its tasks (which run side by side)."""
+    staged = [r for r in reports if r.timings]
+    if not staged:
+        return
+    kinds = ("parse", "clean_type", "encode", "catalog", "copy")
+    total = {k: sum(r.timings.get(k, 0.0) for r in staged) for k in kinds}
+    log.log(logging.INFO if seconds >= 1.0 else logging.DEBUG,
+            "dataset=%s staged rows=%d tasks=%d wall=%.2fs task seconds: %s", dataset,
+            sum(r.staged_rows + r.quarantined_rows for r in staged), len(staged), seconds,
+            " ".join(f"{k}={total[k]:.2f}s" for k in kinds))
 
 
 def stage_token() -> str:

@@ -37,7 +37,7 @@ def accounted(result, db=None, rows: int | None = None) -> bool:
 def records_frame(spark, records: list, chunk: int = 2):
     """A micro-batch of an endpoint as its stream yields it: rows of JSON arrays of ``chunk`` records,
     each with the position of its first record."""
-    from connectors.rest.records import encode
+    from connectors.rest.records import encode_chunk
 
-    rows = [(encode(records[a:a + chunk]), a) for a in range(0, len(records), chunk)]
+    rows = [(encode_chunk(records[a:a + chunk]), a) for a in range(0, len(records), chunk)]
     return spark.createDataFrame(rows, "record string, seq bigint")

@@ -59,6 +59,7 @@ from urllib.parse import quote, quote_plus, unquote_plus, urlencode, urljoin, ur
 import requests
 
 from connectors.rest.config import ApiKeyAuth, BasicAuth, BearerAuth, EndpointConfig
+from connectors.rest.jsontext import loads_strict
 from streaming.errors import SourceError
 
 __all__ = ["EndpointError", "PollResult", "mask_url", "poll"]
@@ -118,6 +119,9 @@ class PollResult:
     pages: int
     done: bool
     resume: dict | None
+    # Every page was read by the strict parser (:func:`connectors.rest.jsontext.loads_strict`): the
+    # records hold no NaN or Infinity, no integer past 64 bits and no unpaired surrogate.
+    strict: bool = dataclasses.field(default=False, compare=False)
 
 
 def poll(
@@ -189,6 +193,7 @@ class _Page:
     response: requests.Response
     body: Any
     records: list[Any]
+    strict: bool = False  # read by the strict fast parser (see PollResult.strict)
 
 
 class _Paginator:
@@ -355,9 +360,11 @@ class _Poller:
         records: list[Any] = []
         previous: list[Any] | None = None
         pages = 0
+        strict = True
         while True:
             page = self.fetch(paginator.url(state), pages + 1)
             pages += 1
+            strict = strict and page.strict
             if paginator.repeated_records_mean_loop and page.records and page.records == previous:
                 raise self.error("pagination_loop", f"page {pages} ({self.show(page.url)}) repeats the records "
                                  f"of the page before; the API seems to ignore the {ep.pagination.type} parameter")
@@ -368,13 +375,13 @@ class _Poller:
             except _PaginationValue as exc:
                 raise self.error("pagination", f"page {pages} ({self.show(page.url)}): {exc}") from None
             if state is None:
-                return PollResult(records, pages, True, None)
+                return PollResult(records, pages, True, None, strict)
             if _token(state) in seen:
                 raise self.error("pagination_loop", f"page {pages} ({self.show(page.url)}) points to "
                                  f"{self._describe(state)}, already requested in this poll")
             seen.add(_token(state))
             if pages >= limit:
-                return PollResult(records, pages, False, state)
+                return PollResult(records, pages, False, state, strict)
 
     def fetch(self, url: str, number: int) -> _Page:
         """One page, retried after timeouts, connection errors, 429 and 5xx."""
@@ -423,11 +430,16 @@ class _Poller:
         where = f"page {number} ({self.show(url)})"
         if response.status_code == 204:
             return _Page(number, url, response, None, [])
+        strict = True
         try:
-            body = response.json()
-        except ValueError:
-            raise self.error("invalid_json", f"{where} is not JSON{_snippet(response)}",
-                             response.status_code) from None
+            body = loads_strict(response.content)
+        except ValueError:  # not UTF-8, or what only the standard parser reads (NaN, a huge integer)
+            strict = False
+            try:
+                body = response.json()
+            except ValueError:
+                raise self.error("invalid_json", f"{where} is not JSON{_snippet(response)}",
+                                 response.status_code) from None
         path = self.endpoint.records_path
         if path is None:
             records = body
@@ -441,7 +453,7 @@ class _Poller:
             if not isinstance(records, list):
                 raise self.error("records_path", f"records_path {path!r} is {_a(records)}, not a list, in {where}")
         log.debug("endpoint %s: %s: %d records", self.endpoint.name, self.scrub(where), len(records))
-        return _Page(number, url, response, body, records)
+        return _Page(number, url, response, body, records, strict)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         ep = self.endpoint

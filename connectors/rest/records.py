@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import orjson
+
 from streaming.errors import FileRejected
 from streaming.naming import keep_table_names, nested_identifier, unique_names
+from connectors.rest.jsontext import dumps_strict
 from connectors.staging import copy_to_stage, run_stage_task
 from streaming.rowstage import CHUNK_ROWS, JSONB, RESCUED, RowStage, StageReport, StageTask, mismatch_report
 from streaming.schema import ColumnTyper
@@ -34,6 +38,16 @@ CHUNK_RECORDS = 1000  # records per row of an endpoint's micro-batch
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # One encoder for every record: json.dumps builds one per call, a quarter of its time on small records.
 encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+LENIENT = "\x01"  # marks a row whose records the standard library wrote (and alone reads)
+
+
+def encode_chunk(records: list, strict: bool = False) -> str:
+    """A micro-batch row's records as a JSON array. Records read by the strict parser
+    (:mod:`connectors.rest.jsontext`) are written in C, and read back in C; the others are written
+    by the standard library after :data:`LENIENT`, for :func:`_parse` to read them as it did."""
+    return dumps_strict(records) if strict else LENIENT + encode(records)
 
 
 def flatten(record: Any, depth: int) -> dict[tuple, Any]:
@@ -124,12 +138,13 @@ def _parse(chunks: Iterable[tuple[str, int]], quarantine) -> tuple[list, list[in
     records: list = []
     positions: list[int] = []
     plain = True
-    loads = json.loads
     for text, first in chunks:
-        batch = loads(text)
+        strict = not text.startswith(LENIENT)
+        # A strict row was written in C from records read in C: no unpaired surrogate, no huge integer.
+        batch = orjson.loads(text) if strict else json.loads(text[1:])
         if "{}" in text:
             plain = False
-        if "\\u0000" not in text and not _SURROGATE.search(text) and "{}" not in text:
+        if "\\u0000" not in text and "{}" not in text and (strict or not _SURROGATE.search(text)):
             records += batch
             positions += range(first, first + len(batch))
             continue
@@ -253,6 +268,7 @@ class _ParsedRecords(RowStage):
 
         # JSON null and "" are NULL, besides the endpoint's own null tokens.
         super().__init__(task, frozenset(["", *task.options["null_tokens"]]), empty_is_null=True)
+        started = time.perf_counter()
         depth = int(task.options.get("flatten_depth", 1))
         records, positions, plain = _parse(rows, lambda seq, text, why: self.quarantine_row(seq, None, text, why, None))
         order, raw, json_leaves, by_arrow = _fields(records, depth, plain)
@@ -286,6 +302,7 @@ class _ParsedRecords(RowStage):
                          [v if type(v) is str else _text(v) for v in values] if values else [""] * len(records))
         hints = {c: JSONB for c, j in zip(columns, as_json) if j and c not in table}
         self.positions, self.kept = positions, None
+        self.timings["parse"] += time.perf_counter() - started  # reading and flattening the records
         try:
             self.set_columns(source_names, columns, hints)
         except FileRejected as exc:  # on_schema_change fail and the records do not match the table

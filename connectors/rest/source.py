@@ -43,7 +43,7 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from connectors.rest.client import MISSING, EndpointError, lookup, poll
 from streaming.events import EventSender
 from connectors.rest.config import EndpointConfig
-from connectors.rest.records import CHUNK_RECORDS, encode
+from connectors.rest.records import CHUNK_RECORDS, encode_chunk
 
 __all__ = ["RestDataSource", "RestStreamReader", "SOURCE_NAME", "SCHEMA"]
 
@@ -171,7 +171,7 @@ class RestStreamReader(DataSourceStreamReader):
                "polls": start.get("polls", 0) + 1, "pages": result.pages}
         if not records and end["chain"] == start.get("chain") and cursor == start.get("cursor"):
             return start
-        planned = self._split(records)
+        planned = self._split(records, result.strict)
         with self._lock:
             self._fetched[_key(end)] = planned
         return end
@@ -222,18 +222,19 @@ class RestStreamReader(DataSourceStreamReader):
             return []
         with self._lock:
             planned = self._fetched.pop(_key(end), None)
-        return planned if planned is not None else self._split(self._refetch(start, end))
+        return planned if planned is not None else self._split(*self._refetch(start, end))
 
-    def _split(self, records: list) -> list[RecordsPartition]:
+    def _split(self, records: list, strict: bool = False) -> list[RecordsPartition]:
         # One task per core, or more for large batches: each task stages its records in one COPY.
         # A row of the stream holds up to CHUNK_RECORDS of them, so Spark moves few, larger rows.
         size = min(self.partition_records, max(1, -(-len(records) // self.parallelism)))
-        return [RecordsPartition([(encode(records[c:min(c + CHUNK_RECORDS, a + size)]), c)
+        return [RecordsPartition([(encode_chunk(records[c:min(c + CHUNK_RECORDS, a + size)], strict), c)
                                   for c in range(a, min(a + size, len(records)), CHUNK_RECORDS)])
                 for a in range(0, len(records), size)]
 
-    def _refetch(self, start: dict, end: dict) -> list:
-        """A batch replayed after a restart: fetch its range again, bounded by its end offset.
+    def _refetch(self, start: dict, end: dict) -> tuple[list, bool]:
+        """A batch replayed after a restart: fetch its range again, bounded by its end offset (the
+        records, and whether they are strict, see :attr:`PollResult.strict`).
 
         The API may hold more than when the batch was planned, so pages of an incremental
         endpoint are followed past ``max_pages_per_batch`` (up to ten times that) until the end
@@ -241,6 +242,7 @@ class RestStreamReader(DataSourceStreamReader):
         """
         since, base_seen, resume = self._chain_start(start)
         fetched: list = []
+        strict = True
         limit = self.endpoint.max_pages_per_batch * REFETCH_PAGE_FACTOR
         if self.endpoint.incremental is None and end.get("pages"):
             limit = end["pages"]  # (offsets checkpointed before they held it: as for incremental ones)
@@ -255,6 +257,7 @@ class RestStreamReader(DataSourceStreamReader):
                 resume = None
                 continue
             fetched.extend(result.records)
+            strict = strict and result.strict
             pages += result.pages
             if result.done or pages >= limit or self._past(result.records, end):
                 break
@@ -262,7 +265,7 @@ class RestStreamReader(DataSourceStreamReader):
         records, _, _ = self._new_records(fetched, since, base_seen, start)
         inc = self.endpoint.incremental
         if inc is None or end.get("cursor") is None:
-            return records
+            return records, strict
         limit, at_limit = _order(end["cursor"]), set(filter(None, (end.get("seen") or "").split(",")))
         kept = []
         for record in records:
@@ -272,7 +275,7 @@ class RestStreamReader(DataSourceStreamReader):
                 if order > limit or (order == limit and _digest(record) not in at_limit):
                     continue
             kept.append(record)
-        return kept
+        return kept, strict
 
     def _past(self, records: list, end: dict) -> bool:
         """Whether a page went beyond the end offset's mark (APIs sorted by the cursor)."""
