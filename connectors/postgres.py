@@ -251,9 +251,18 @@ WITH old_sketches AS (
        AND c.dataset = h.dataset AND c.name = h.column_name AND c.type IN ('real', 'double precision')
     RETURNING h.dataset)
 UPDATE {cat}.datasets SET stats_stale = true WHERE name IN (SELECT dataset FROM old_sketches);
+-- Up to catalog 5, numerics were sketched by PostgreSQL's numeric hash alone, which leaves out the
+-- sign (x and -x were one value to a sketch): their sketches are rebuilt the same way.
+WITH old_sketches AS (
+    DELETE FROM {cat}.column_hll h USING {cat}.columns c
+     WHERE obj_description({datasets}::regclass, 'pg_class') IN
+           ('dataops catalog 2', 'dataops catalog 3', 'dataops catalog 4', 'dataops catalog 5')
+       AND c.dataset = h.dataset AND c.name = h.column_name AND c.type = 'numeric'
+    RETURNING h.dataset)
+UPDATE {cat}.datasets SET stats_stale = true WHERE name IN (SELECT dataset FROM old_sketches);
 COMMENT ON TABLE {cat}.datasets IS {version};
 """
-CATALOG_VERSION = "dataops catalog 5"
+CATALOG_VERSION = "dataops catalog 6"
 
 
 def ensure_catalog(dsn: str, catalog_schema: str, table_schema: str) -> None:

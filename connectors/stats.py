@@ -308,7 +308,10 @@ def _hash_of(ident: sql.Composable, kind: str) -> sql.Composable:
         # float8's own hash (0 and -0 alike), a tenth of the cost of hashing the value as numeric.
         return sql.SQL("hashfloat8extended({}::float8, 0)").format(ident)
     if kind in NUMERIC:
-        return sql.SQL("hash_numeric_extended({}::numeric, 0)").format(ident)
+        # The numeric hash leaves out the sign, so a negative value's hash is hashed again (as an
+        # int8): x and -x are two values to the sketch, with hashes as unrelated as any two.
+        return sql.SQL("CASE WHEN sign({v}::numeric) = -1 THEN hashint8extended(hash_numeric_extended({v}::numeric, 0), 0) "
+                       "ELSE hash_numeric_extended({v}::numeric, 0) END").format(v=ident)
     if kind in ("timestamp", "timestamptz"):
         # timestamptz and timestamp share their representation (microseconds since 2000 UTC).
         return sql.SQL("timestamp_hash_extended({}::timestamp, 0)").format(ident)

@@ -359,7 +359,13 @@ class _Numerics(_Decimals):
         if self.unscaled is None:
             return None
         digits, weight = self._digits()
-        return pghash.numeric(digits, np.full(len(digits), weight, np.int64))
+        hashes = pghash.numeric(digits, np.full(len(digits), weight, np.int64))
+        # PostgreSQL's numeric hash leaves out the sign: the catalog hashes a negative value's hash
+        # again, as an int8 (see connectors.stats._hash_of).
+        negative = self.unscaled < 0
+        if negative.any():
+            hashes[negative] = pghash.int8(hashes[negative].view(np.int64))
+        return hashes
 
     def _encode(self):
         if self.unscaled is None:
