@@ -106,3 +106,22 @@ def test_a_failing_endpoint_records_no_load_until_it_returns_records(db, make_se
     poll(lambda: db.scalar(f'SELECT count(*) FROM "{db.schema}"."{name}"') == 2 if db.scalar(
         "SELECT to_regclass(%s)", (f"{db.schema}.{name}",)) else False, 60, message="records loaded")
     assert db.query("SELECT status, rows_in FROM {c}.load_history") == [("committed", 2)]
+
+
+def test_a_field_typed_in_one_part_of_a_batch_and_text_in_another_keeps_every_raw_value(db, make_settings, spark):
+    """Records stage typed columns; where another part of the batch holds text in the column, the
+    part is staged again with it as text, so values such as +5 and 007 reach the table as written."""
+    settings = make_settings()
+    ctx = LoadContext(settings=settings, dsn=settings.dsn, metrics=Metrics(), spark=spark)
+    from connectors.postgres import ensure_catalog
+
+    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
+    endpoint = EndpointConfig.model_validate({"name": "codes", "url": "http://127.0.0.1:1/codes", "mode": "append"})
+    typed = [{"id": i, "code": "+5" if i % 2 else str(i), "at": "2024-01-01T10:00"} for i in range(40)]
+    text = [{"id": i, "code": f"0{i}", "at": "2024-01-01T10:00"} for i in range(40, 80)]
+    df = records_frame(spark, typed + text, chunk=20)
+    assert df.rdd.getNumPartitions() >= 2  # the typed records in one part, the text ones in another
+    result = load_records(ctx, endpoint, df, "test:codes", 0)
+    assert (result.rows_in, result.loaded, result.quarantined) == (80, 80, 0)
+    assert db.columns("codes") == {"id": "integer", "code": "text", "at": "timestamp without time zone"}
+    assert db.query("SELECT code FROM {s}.codes ORDER BY id") == [(r["code"],) for r in typed + text]

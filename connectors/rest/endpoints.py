@@ -15,10 +15,11 @@ import logging
 from connectors import postgres
 from connectors.rest.client import mask_url
 from connectors.rest.config import EndpointConfig
+from streaming.batch import drop_reports
 from streaming.events import EventReceiver
 from connectors.rest.records import run_records_task
 from connectors.rest.source import SOURCE_NAME, RestDataSource
-from streaming.rowstage import StageReport, StageTask
+from streaming.rowstage import StageReport, StageTask, restage_as_text
 from streaming.sources import Batch, Dataset, Source
 
 log = logging.getLogger(__name__)
@@ -98,19 +99,23 @@ class EndpointSource(Source):
                    "false_tokens": endpoint.false_tokens, "date_formats": list(endpoint.date_formats),
                    "flatten_depth": endpoint.flatten_depth}
 
-        def stage(template: StageTask, token: str) -> list[StageReport]:
-            template = dataclasses.replace(template, name=f"endpoint {endpoint.name} batch {batch_id}",
-                                           path=mask_url(endpoint.url))
+        def stage_partitions(template: StageTask, token: str, suffix: str,
+                              text_columns: dict[int, tuple] | None = None) -> list[tuple[int, StageReport]]:
+            """One stage task per partition of ``df`` (those of ``text_columns`` only, if given):
+            (partition, report) pairs."""
 
             def run(index: int, rows):  # executor
+                if text_columns is not None and index not in text_columns:
+                    return
                 # A Row is (JSON array of records, position of the first); tuple() copies it in C.
                 rows = [tuple(r) for r in rows]
                 if rows:
-                    stage_table, quarantine = postgres.stage_names(token, index)
+                    stage_table, quarantine = postgres.stage_names(token, f"{index}{suffix}")
                     # seq 0 for every part: rows order by their position in the batch (_ord) alone, so
                     # the last occurrence of a key wins however Spark partitioned the records.
-                    yield run_records_task(dataclasses.replace(
-                        template, seq=0, stage_table=stage_table, quarantine_table=quarantine), rows)
+                    yield index, run_records_task(dataclasses.replace(
+                        template, seq=0, stage_table=stage_table, quarantine_table=quarantine,
+                        text_columns=(text_columns or {}).get(index, ())), rows)
 
             in_flight = self.context.in_flight
             group = in_flight.job_group(spark, f"dataops: stage batch {batch_id} of endpoint {endpoint.name}")
@@ -118,6 +123,22 @@ class EndpointSource(Source):
                 return df.rdd.mapPartitionsWithIndex(run).collect()  # driver-ok: reports, not rows
             finally:
                 in_flight.end_job_group(group)
+
+        def stage(template: StageTask, token: str) -> list[StageReport]:
+            template = dataclasses.replace(template, name=f"endpoint {endpoint.name} batch {batch_id}",
+                                           path=mask_url(endpoint.url))
+            staged = stage_partitions(template, token, "")
+            # A column typed in one partition and text in another is staged again as text where it
+            # was typed (reading the batch's partitions again), so raw values stay as written.
+            redo = restage_as_text([report for _, report in staged])
+            if redo:
+                again = {staged[i][0]: columns for i, columns in redo.items()}
+                drop_reports(self.context, [staged[i][1] for i in redo])
+                log.info("endpoint=%s: staging %d part(s) of batch %d again with columns as text (%s), as other "
+                         "parts hold text there", endpoint.name, len(again), batch_id,
+                         ", ".join(sorted({c for cs in again.values() for c in cs})))
+                staged = [s for i, s in enumerate(staged) if i not in redo] + stage_partitions(template, token, "t", again)
+            return [report for _, report in staged]
 
         return Batch(source=mask_url(endpoint.url), stage=stage, options=options, keeps_rejected_input=False,
                      json_records=True)

@@ -330,6 +330,8 @@ class _ParsedRecords(RowStage):
 
             self.kept = self.arrow_rows(self.blocks, pa.array(self.positions, pa.int64())) if self.positions else None
             self.blocks = []
+            # Staged as the types the columns have, so the merge casts nothing (see restage_as_text).
+            self.staged_types = self.staging_types(self.task.text_columns)
 
     def copy_chunks(self) -> Iterator[str | bytes]:
         if self.copy_format == "binary":
@@ -352,7 +354,7 @@ def _stage_records(task: StageTask, rows) -> StageReport:
     return mismatch_report(task, parsed) or StageReport(
         task.name, task.path, task.seq, "staged", columns=parsed.report_columns(), staged_rows=parsed.staged,
         quarantined_rows=parsed.quarantined, ascending=parsed.ascending, summaries=parsed.summaries,
-        timings=parsed.timings)
+        staged_types=parsed.staged_types, timings=parsed.timings)
 
 
 def run_records_task(task: StageTask, rows: Iterable[tuple[str, int]]) -> StageReport:
