@@ -90,7 +90,7 @@ class ColumnSummarizer:
                 return
             if "aggregate" in s.exact:
                 if typed.aggregated:
-                    self._aggregate(typed)
+                    _add_aggregate(s, typed)
                 else:
                     s.exact -= {"aggregate"}
             if "values" in s.exact and s.values is not None:
@@ -108,15 +108,6 @@ class ColumnSummarizer:
             # Values this module cannot read as PostgreSQL does: the merge's SQL reads the column.
             s.exact = frozenset()
 
-    def _aggregate(self, typed: pgvalues.Values) -> None:
-        s = self.summary
-        s.count += typed.count
-        if typed.lo is not None:
-            s.lo = typed.lo if s.lo is None else min(s.lo, typed.lo)
-            s.hi = typed.hi if s.hi is None else max(s.hi, typed.hi)
-        if typed.total is not None:
-            s.total = typed.total if s.total is None else EXACT.add(s.total, typed.total)
-
     def _count(self, typed: pgvalues.Values) -> None:
         s = self.summary
         if self._sampled < SAMPLE_ROWS:
@@ -133,10 +124,7 @@ class ColumnSummarizer:
         if counted is None:  # too many spellings to tell how many values they are
             s.exact -= {"values"}
             return
-        for text, n in counted:
-            s.values[text] = s.values.get(text, 0) + n
-        if len(s.values) > VALUE_LIMIT:
-            s.values = None
+        _add_values(s, counted)
 
     def result(self) -> ColumnSummary:
         s = self.summary
@@ -153,20 +141,12 @@ def merge(summaries: list[ColumnSummary]) -> ColumnSummary | None:
         return None
     out = ColumnSummary(summaries[0].kind, exact=frozenset.intersection(*(s.exact for s in summaries)))
     for s in summaries:
-        out.count += s.count
-        if s.lo is not None:
-            out.lo = s.lo if out.lo is None else min(out.lo, s.lo)
-            out.hi = s.hi if out.hi is None else max(out.hi, s.hi)
-        if s.total is not None:
-            out.total = s.total if out.total is None else EXACT.add(out.total, s.total)
+        _add_aggregate(out, s)
         if out.values is not None:
             if s.values is None:
                 out.values = None
             else:
-                for text, n in s.values.items():
-                    out.values[text] = out.values.get(text, 0) + n
-                if len(out.values) > VALUE_LIMIT:
-                    out.values = None
+                _add_values(out, s.values.items())
     if "registers" in out.exact:
         registers = np.zeros(pghash.HLL_M, np.uint8)
         for s in summaries:
@@ -175,3 +155,19 @@ def merge(summaries: list[ColumnSummary]) -> ColumnSummary | None:
     return out
 
 
+def _add_aggregate(s: ColumnSummary, part: "ColumnSummary | pgvalues.Values") -> None:
+    """Add the count, bounds and total of ``part`` (a block read, or another summary) to ``s``."""
+    s.count += part.count
+    if part.lo is not None:
+        s.lo = part.lo if s.lo is None else min(s.lo, part.lo)
+        s.hi = part.hi if s.hi is None else max(s.hi, part.hi)
+    if part.total is not None:
+        s.total = part.total if s.total is None else EXACT.add(s.total, part.total)
+
+
+def _add_values(s: ColumnSummary, counted) -> None:
+    """Add ``(text, rows)`` value counts to ``s``'s, which are dropped past :data:`VALUE_LIMIT` values."""
+    for text, n in counted:
+        s.values[text] = s.values.get(text, 0) + n
+    if len(s.values) > VALUE_LIMIT:
+        s.values = None

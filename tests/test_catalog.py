@@ -236,30 +236,41 @@ def test_statistics_from_before_an_upgrade_are_recomputed_once(db, make_settings
     assert db.scalar("SELECT stats_stale FROM {c}.datasets") is False
 
 
-def test_a_catalog_4_sketch_of_a_float_column_is_rebuilt_from_the_table(db, make_settings, tmp_path):
-    """Catalog 4 hashed floating-point values as numeric: the upgrade drops those sketches, and the
-    next load recomputes them from the table (the same registers a refresh computes)."""
+# Sketches older catalogs hashed otherwise: catalog 4 floats (as numeric), catalog 5 numerics (without
+# their sign). (old version, column, its values in the first and second file, its type in the table)
+_REHASHED = [
+    (4, "ratio", lambda i: f"{i / 7:.4e}", "double precision"),
+    (5, "amount", lambda i: f"-{i}.5" if i < 300 else f"{i}.5", "numeric"),
+]
+
+
+@pytest.mark.parametrize("version, column, value, kind", _REHASHED, ids=["catalog-4-float", "catalog-5-numeric"])
+def test_an_old_catalogs_sketch_of_a_rehashed_type_is_rebuilt_from_the_table(db, make_settings, tmp_path,
+                                                                            version, column, value, kind):
+    """The upgrade drops the sketches an older catalog hashed otherwise and marks their statistics
+    stale; the next load recomputes them from the table (the registers a refresh computes), once."""
     from connectors.postgres import ensure_catalog
 
     settings = make_settings()
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    a.write_text("id,ratio\n" + "".join(f"{i},{i / 7:.4e}\n" for i in range(300)))
-    b.write_text("id,ratio\n" + "".join(f"{i},{i / 7:.4e}\n" for i in range(300, 400)))
-    load(settings, "floats", a, batch_id=0)
-    assert db.columns("floats")["ratio"] == "double precision"
-    # A catalog 4 as it was: its float sketch built from other hashes (here: the integer column's).
+    a.write_text(f"id,{column}\n" + "".join(f"{i},{value(i)}\n" for i in range(300)))
+    b.write_text(f"id,{column}\n" + "".join(f"{i},{value(i)}\n" for i in range(300, 400)))
+    load(settings, "rehashed", a, batch_id=0)
+    assert db.columns("rehashed")[column] == kind
+    # The old catalog as it was: its sketch of the column built from other hashes (the id column's).
     db.query("UPDATE {c}.column_hll SET registers = (SELECT registers FROM {c}.column_hll WHERE column_name = 'id') "
-             "WHERE column_name = 'ratio'; COMMENT ON TABLE {c}.datasets IS 'dataops catalog 4'")
+             f"WHERE column_name = '{column}'; COMMENT ON TABLE {{c}}.datasets IS 'dataops catalog {version}'")
+    sketch = f"SELECT registers FROM {{c}}.column_hll WHERE column_name = '{column}'"
     ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
-    assert db.scalar("SELECT count(*) FROM {c}.column_hll WHERE column_name = 'ratio'") == 0
+    assert db.scalar(f"SELECT count(*) FROM ({sketch}) s") == 0
     assert db.scalar("SELECT stats_stale FROM {c}.datasets") is True
-    load(settings, "floats", b, batch_id=1)
-    assert_catalog_true(db, settings, "floats")
-    loaded = db.scalar("SELECT registers FROM {c}.column_hll WHERE column_name = 'ratio'")
-    catalog.refresh_dataset(settings.dsn, settings, "floats")
-    assert bytes(db.scalar("SELECT registers FROM {c}.column_hll WHERE column_name = 'ratio'")) == bytes(loaded)
+    load(settings, "rehashed", b, batch_id=1)
+    assert_catalog_true(db, settings, "rehashed")
+    loaded = bytes(db.scalar(sketch))
+    catalog.refresh_dataset(settings.dsn, settings, "rehashed")
+    assert bytes(db.scalar(sketch)) == loaded
     ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
-    assert db.scalar("SELECT count(*) FROM {c}.column_hll WHERE column_name = 'ratio'") == 1  # once only
+    assert bytes(db.scalar(sketch)) == loaded  # the upgrade runs once
 
 
 def test_a_column_past_the_value_limit_keeps_a_sketch_of_every_value(db, make_settings, tmp_path):
@@ -491,25 +502,3 @@ def test_a_number_and_its_negative_are_two_values_to_a_sketch(db, make_settings,
     loaded = bytes(db.scalar(sketch))
     catalog.refresh_dataset(settings.dsn, settings, "signed")
     assert bytes(db.scalar(sketch)) == loaded
-
-
-def test_a_catalog_5_sketch_of_a_numeric_column_is_rebuilt_from_the_table(db, make_settings, tmp_path):
-    """Up to catalog 5 numerics were hashed without their sign: the upgrade drops those sketches, and
-    the next load recomputes them from the table."""
-    from connectors.postgres import ensure_catalog
-
-    settings = make_settings()
-    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    a.write_text("id,amount\n" + "".join(f"{i},-{i}.5\n" for i in range(300)))
-    b.write_text("id,amount\n" + "".join(f"{i},{i}.5\n" for i in range(300, 400)))
-    load(settings, "amounts", a, batch_id=0)
-    db.query("UPDATE {c}.column_hll SET registers = (SELECT registers FROM {c}.column_hll WHERE column_name = 'id') "
-             "WHERE column_name = 'amount'; COMMENT ON TABLE {c}.datasets IS 'dataops catalog 5'")
-    ensure_catalog(settings.dsn, settings.postgres.catalog_schema, settings.postgres.schema_name)
-    assert db.scalar("SELECT count(*) FROM {c}.column_hll WHERE column_name = 'amount'") == 0
-    assert db.scalar("SELECT stats_stale FROM {c}.datasets") is True
-    load(settings, "amounts", b, batch_id=1)
-    assert_catalog_true(db, settings, "amounts")
-    loaded = bytes(db.scalar("SELECT registers FROM {c}.column_hll WHERE column_name = 'amount'"))
-    catalog.refresh_dataset(settings.dsn, settings, "amounts")
-    assert bytes(db.scalar("SELECT registers FROM {c}.column_hll WHERE column_name = 'amount'")) == loaded
