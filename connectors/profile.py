@@ -237,19 +237,9 @@ def _changed(cur, delta: Delta, columns: dict[str, str]) -> set[str]:
     """Columns in which some row an upsert replaced now holds another value (all, without a key)."""
     if delta.removed is None:
         return set()
-    names = [n for n in columns if n not in delta.key]
     if not delta.key:
-        return set(names)
-    if not names:
-        return set()
-    changed: set[str] = set()
-    for part in stats.select_lists(names, 1):  # a wide table needs more than one statement
-        cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
-            sql.SQL(", ").join(sql.SQL("coalesce(bool_or(r.{c} IS DISTINCT FROM a.{c}), false)").format(
-                c=sql.Identifier(n)) for n in part),
-            delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
-        changed.update(n for n, differs in zip(part, cur.fetchone()) if differs)
-    return changed
+        return set(columns)
+    return {n for n, (_, changed) in stats.replaced_changes(cur, delta, columns).items() if changed}
 
 
 def _uniqueness(cur, target, rows: int, facts: dict[str, dict], primary_key: tuple,

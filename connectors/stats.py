@@ -83,6 +83,8 @@ class Delta:
     batch_aggregates: dict | None = None  # column -> _aggregate of the added rows (BatchSketches)
     # (columns counted, their _value_counts) of the added rows (BatchSketches)
     batch_value_counts: tuple[frozenset, list, set] | None = None
+    # column -> (values lost, changed at all) of the replaced rows (replaced_changes: one join per batch)
+    changes: dict = dataclasses.field(default_factory=dict)
 
 
 def measures(kind: str) -> str:
@@ -281,14 +283,31 @@ def _recompute_bounds(cur, target, columns: dict[str, str], stats: dict[str, Col
 
 def _drift(cur, delta: Delta, columns: dict[str, str]) -> dict[str, int]:
     """Per column, how many replaced rows held a non-null value their new version no longer has."""
+    return {n: lost for n, (lost, _) in replaced_changes(cur, delta, columns).items()}
+
+
+def replaced_changes(cur, delta: Delta, columns: dict[str, str]) -> dict[str, tuple[int, bool]]:
+    """Per column outside the key, what the rows an upsert replaced lost: how many held a non-null
+    value their new version no longer has (a sketch's drift), and whether any of them changed at
+    all. One join of the replaced rows with their new versions per batch (kept on ``delta``, which
+    the statistics and the profiles share); empty without replaced rows or a key to pair them."""
     names = [n for n in columns if n not in delta.key]
-    if not names or not delta.key:
+    if delta.removed is None or not delta.key or not names:
         return {}
-    exprs = [sql.SQL("count(*) FILTER (WHERE r.{c} IS NOT NULL AND r.{c} IS DISTINCT FROM a.{c})").format(
-        c=sql.Identifier(n)) for n in names]
-    cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
-        sql.SQL(", ").join(exprs), delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
-    return dict(zip(names, cur.fetchone()))
+    missing = [n for n in names if n not in delta.changes]
+    if missing:
+        exprs = []
+        for name in missing:
+            c = sql.Identifier(name)
+            exprs += [sql.SQL("count(*) FILTER (WHERE r.{c} IS NOT NULL AND r.{c} IS DISTINCT FROM a.{c})").format(c=c),
+                      sql.SQL("coalesce(bool_or(r.{c} IS DISTINCT FROM a.{c}), false)").format(c=c)]
+        row: list = []
+        for part in select_lists(exprs, 2):  # a wide table needs more than one statement
+            cur.execute(sql.SQL("SELECT {} FROM {} r JOIN {} a USING ({})").format(
+                sql.SQL(", ").join(part), delta.removed, delta.added, sql.SQL(", ").join(map(sql.Identifier, delta.key))))
+            row.extend(cur.fetchone())
+        delta.changes.update({name: (row[2 * i], row[2 * i + 1]) for i, name in enumerate(missing)})
+    return {n: delta.changes[n] for n in names}
 
 
 def _hash(column: str, kind: str) -> sql.Composable:

@@ -119,6 +119,47 @@ def test_upsert_nulling_values_keeps_distinct_counts_true(db, make_settings, tmp
         assert email["distinct_estimated"] and email["null_count"] == 0
 
 
+def test_replaced_rows_are_joined_with_their_new_versions_once_for_statistics_and_profiles(
+        db, make_settings, tmp_path, monkeypatch):
+    """An upsert that changes a repeated value makes the column unique again (the profiles), and the
+    values it overwrote count as the sketch's drift (the statistics): both from one join."""
+    from connectors import stats
+
+    joins = []
+    real = stats.replaced_changes
+
+    def counting(cur, delta, columns):
+        before = len(delta.changes)
+        out = real(cur, delta, columns)
+        joins.append(len(delta.changes) > before)
+        return out
+
+    monkeypatch.setattr(stats, "replaced_changes", counting)
+    settings = make_settings(datasets={"codes": {"mode": "upsert", "primary_key": ["id"]}})
+    first, second = tmp_path / "1.csv", tmp_path / "2.csv"
+    first.write_text("id,code,note\n" + "".join(f"{i},c{i // 2},n{i}\n" for i in range(300)))  # each code twice
+    load(settings, "codes", first, batch_id=0)
+    assert next(c for c in catalog.show_dataset(settings.dsn, settings, "codes")["columns"]
+                if c["name"] == "code")["unique"] is False
+    # Every second row gets a code of its own; the notes stay as they were.
+    second.write_text("id,code,note\n" + "".join(f"{i},d{i},n{i}\n" for i in range(1, 300, 2)))
+    load(settings, "codes", second, batch_id=1)
+    assert db.scalar("SELECT count(DISTINCT code) = count(*) FROM {s}.codes")
+    doc = assert_catalog_true(db, settings, "codes")
+    columns = {c["name"]: c for c in doc["columns"]}
+    assert columns["code"]["unique"] is True and columns["note"]["unique"] is True
+    drift = "SELECT name, sketch_drift FROM {c}.columns WHERE dataset = 'codes'"
+    before = dict(db.query(drift))
+    assert before["note"] == 0  # unchanged values drift nothing (the codes' drift rebuilt their sketch)
+    third = tmp_path / "3.csv"
+    third.write_text("id,code,note\n0,c0,another note\n")  # one value overwritten: within the drift bound
+    load(settings, "codes", third, batch_id=2)
+    assert_catalog_true(db, settings, "codes")
+    assert dict(db.query(drift)) == {**before, "note": 1}
+    # Each batch (the first one's replaced rows are none): the statistics join, the profiles reuse it.
+    assert joins == [True, False] * 3
+
+
 def test_schema_changes_keep_stats_true(db, make_settings, tmp_path):
     settings = make_settings()
     a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"

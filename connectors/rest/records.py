@@ -169,7 +169,7 @@ def _parse(chunks: Iterable[tuple[str, int]], quarantine) -> tuple[list, list[in
 def _without_cycle_collection():
     """Parsed records are trees of dicts and lists, with no cycles, and a partition makes ~10^5 of
     them: the cycle collector, run again and again as they are made, would walk them all each time
-    (half the time of reading them) to find nothing."""
+    to find nothing (a sixth of the time of reading and flattening 50,000 records)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
