@@ -160,17 +160,23 @@ class _Text(Values):
     def _encode(self):
         return None
 
+    _PREFIX = b""  # bytes a field holds before the text (jsonb: its format's version)
+
     def parts(self):
         # The length (-1 for NULL), then the bytes (an Arrow NULL for NULL: nothing).
         lengths = np.full(self.rows, -1, ">i4")
-        sizes = pc.binary_length(self.raw).to_numpy(zero_copy_only=False)
+        sizes = pc.binary_length(self.raw).to_numpy(zero_copy_only=False) + len(self._PREFIX)
         if self.valid is None:
             lengths[:] = sizes
             text = self.raw
         else:
             lengths[self.valid] = sizes
             text = _expand(self.raw, self.valid)
-        return [_binary(lengths.view(np.uint8), 4, self.rows, None), text.cast(pa.binary())]
+        pieces = [_binary(lengths.view(np.uint8), 4, self.rows, None)]
+        if self._PREFIX:
+            prefixes = np.frombuffer(self._PREFIX * self.rows, np.uint8)
+            pieces.append(_binary(prefixes, len(self._PREFIX), self.rows, _validity(self.valid)))
+        return pieces + [text.cast(pa.binary())]
 
 
 def _expand(present: pa.Array, valid: np.ndarray) -> pa.Array:
@@ -432,10 +438,27 @@ class _Doubles(_Decimals):
         return self._fixed(self.numbers, ">f8")
 
 
+class _Json(_Text):
+    """JSON text the row stage wrote itself, staged as ``jsonb``: PostgreSQL parses it as it takes the
+    rows (in the stage tasks' sessions, once), not in each of the merge's statements that read it.
+    Not read for the catalog (its statistics are SQL's, see :data:`KINDS`)."""
+
+    _PREFIX = b"\x01"  # jsonb's binary input: a version byte, then the JSON text
+
+    def __init__(self, raw, kind, scale=None):
+        Values.__init__(self, raw, kind)
+        self.aggregated = False
+
+    def hashes(self):
+        return None
+
+
 _READERS = {"text": _Text, "smallint": _Integers, "integer": _Integers, "bigint": _Integers, "numeric": _Numerics,
             "double precision": _Doubles, "date": _Dates, "timestamp": _Timestamps, "timestamptz": _Timestamps,
-            "boolean": _Booleans}
-KINDS = frozenset(_READERS)
+            "boolean": _Booleans, "jsonb": _Json}
+# The types whose values this module reads as PostgreSQL does (the catalog's summaries); jsonb is
+# only staged.
+KINDS = frozenset(_READERS) - {"jsonb"}
 
 
 def copy_rows(positions: pa.Array, columns: list[Values]) -> bytes:
@@ -491,7 +514,7 @@ def _fixed_fields(values: np.ndarray, fmt: str) -> np.ndarray:
 
 def fixed_width(kind: str) -> bool:
     """Whether every value of ``kind`` has a field of one width within a block (all but text)."""
-    return kind in _READERS and kind != "text"
+    return kind in KINDS and kind != "text"
 
 
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # signature, flags, no extension

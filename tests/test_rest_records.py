@@ -114,6 +114,8 @@ def test_records_stage_the_same_read_by_arrow_or_in_python(db, monkeypatch, name
         assert {f: getattr(arrow, f) for f in report} == {f: getattr(other, f) for f in report}
     assert arrow.status == "staged" and arrow.staged_rows + arrow.quarantined_rows == len(records)
     assert values.staged_types is None  # staged as text, which the merge casts: compared as it reads them
+    # The JSON the records module wrote is staged as jsonb (PostgreSQL parses it once, as it takes the rows).
+    assert [kind == "jsonb" for kind in arrow.staged_types] == [c[2] == "jsonb" for c in arrow.columns]
     true_tokens = "ARRAY[" + ", ".join(f"'{t.lower()}'" for t in OPTIONS["true_tokens"]) + "]"
     cast = ["_ord"] + [f"c{i}" if kind == "text" else
                        f"CASE WHEN c{i} IS NULL THEN NULL ELSE lower(c{i}) = ANY({true_tokens}) END" if kind == "boolean"
