@@ -143,6 +143,8 @@ def _binary(data: np.ndarray, width: int, rows: int, validity: pa.Buffer | None)
 
 
 class _Text(Values):
+    _PREFIX = b""  # bytes a field holds before the text (jsonb: its format's version)
+
     def __init__(self, raw, kind, scale=None):
         super().__init__(raw, kind)
         lengths = pc.min_max(pc.utf8_length(raw))
@@ -159,8 +161,6 @@ class _Text(Values):
 
     def _encode(self):
         return None
-
-    _PREFIX = b""  # bytes a field holds before the text (jsonb: its format's version)
 
     def parts(self):
         # The length (-1 for NULL), then the bytes (an Arrow NULL for NULL: nothing).
@@ -513,7 +513,8 @@ def _fixed_fields(values: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def fixed_width(kind: str) -> bool:
-    """Whether every value of ``kind`` has a field of one width within a block (all but text)."""
+    """Whether every value of ``kind`` has a field of one width within a block (the types read here
+    but text)."""
     return kind in KINDS and kind != "text"
 
 
