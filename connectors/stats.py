@@ -245,7 +245,10 @@ def _combine(before: ColumnStats, kind: str, added: tuple, removed: tuple | None
     bk = _bound_kind(kind)
     new = ColumnStats(non_null_count=before.non_null_count + a_count - r_count, top_values=before.top_values)
     if kind in NUMERIC and new.non_null_count:
-        new.value_sum = (before.value_sum or Decimal(0)) + (a_sum or Decimal(0)) - (r_sum or Decimal(0))
+        from streaming.pgvalues import EXACT  # (with NumPy and pyarrow: not on every import of this module)
+
+        # Exact whatever the digits, as SQL's sum is (Python's default context rounds to 28).
+        new.value_sum = EXACT.subtract(EXACT.add(before.value_sum or 0, a_sum or 0), r_sum or 0)
     if measures(kind) == "none" or not new.non_null_count:
         return new, (False, False)
     try:

@@ -160,6 +160,25 @@ def test_replaced_rows_are_joined_with_their_new_versions_once_for_statistics_an
     assert joins == [True, False] * 3
 
 
+@pytest.mark.parametrize("reader", ["exact", "vectorized"])
+def test_sums_of_numerics_longer_than_28_digits_stay_exact(db, make_settings, tmp_path, monkeypatch, reader):
+    """The catalog's sums are exact whatever the digits, through added and replaced rows, whichever
+    reader staged them."""
+    from connectors import csvfast
+
+    if reader == "vectorized":
+        monkeypatch.setattr(csvfast, "MIN_BYTES", 0)
+    settings = make_settings(datasets={"ledger": {"mode": "upsert", "primary_key": ["id"]}})
+    first, second = tmp_path / "1.csv", tmp_path / "2.csv"
+    first.write_text("id,amount\n" + "".join(f"{i},{10 ** 24 + i * 7919}.{i:010d}\n" for i in range(300)))
+    second.write_text("id,amount\n" + "".join(f"{i},-{10 ** 23 + i}.{i:011d}\n" for i in range(200, 400)))
+    exact = "SELECT value_sum = (SELECT sum(amount) FROM {s}.ledger) FROM {c}.columns WHERE name = 'amount'"
+    for batch, path in enumerate((first, second)):
+        load(settings, "ledger", path, batch_id=batch)
+        assert db.scalar("SELECT max(length(amount::text)) FROM {s}.ledger") > 30
+        assert db.scalar(exact), batch
+
+
 def test_schema_changes_keep_stats_true(db, make_settings, tmp_path):
     settings = make_settings()
     a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
