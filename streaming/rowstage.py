@@ -505,13 +505,13 @@ class RowStage:
     def staging_types(self, text_columns=()) -> list[str]:
         """The type each staged column can be staged as, so that the merge casts nothing: the inferred
         or fixed type where PostgreSQL reads the cleaned values as they are (ISO dates, numbers,
-        booleans converted by :func:`streaming.vectorized.staged`, JSON the stage wrote), else text."""
+        booleans converted by :func:`streaming.vectorized.staged`, JSON its typer vouches for), else
+        text."""
         out = []
         for i in self.out_positions:
             typer = self.typers[i]
             kind = typer.current
-            # JSON the row stage wrote itself (a typer that checks nothing) is valid jsonb as it is.
-            typed = ((kind in STAGED_TYPES and typer.format is None) or (kind == JSONB and not typer.checks)) \
+            typed = ((kind in STAGED_TYPES and typer.format is None) or (kind == JSONB and typer.jsonb_as_is)) \
                 and self.columns[i] not in text_columns
             out.append(kind if typed else TEXT)
         return out

@@ -195,6 +195,7 @@ class ColumnTyper:
     __slots__ = ("current", "fixed", "loose", "widenable", "bool_tokens", "_bool_chunk", "formats", "format",
                  "wanted")
     checks = True  # whether check() looks at the values (False: every value fits, as a subclass knows)
+    jsonb_as_is = False  # whether its values are JSON that jsonb takes as they are (staged as jsonb)
 
     def __init__(self, bool_tokens: frozenset[str], fixed: str | None = None, widen_from: str | None = None,
                  loose: bool = False, formats: Sequence[str] = ()):

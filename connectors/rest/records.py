@@ -122,26 +122,31 @@ def _json_text(value: Any) -> str:
 
 
 class _JsonTyper(ColumnTyper):
-    """A jsonb column: its values are JSON this module wrote itself, so there is nothing to check."""
+    """A jsonb column: its values are JSON this module wrote itself, so there is nothing to check.
+    ``strict``: written from records the strict parser read, which jsonb takes as they are (records
+    read leniently may hold NaN or Infinity, which it refuses: those go as text, cast by the merge)."""
 
     checks = False
 
-    def __init__(self, bools):
+    def __init__(self, bools, strict: bool):
         super().__init__(bools, fixed=JSONB, loose=True)
+        self.jsonb_as_is = strict
 
     def check(self, values, joined=None, has_null=True) -> list[int]:
         return []
 
 
-def _parse(chunks: Iterable[tuple[str, int]], quarantine) -> tuple[list, list[int], bool]:
+def _parse(chunks: Iterable[tuple[str, int]], quarantine) -> tuple[list, list[int], bool, bool]:
     """The records of a partition's rows and their positions; records PostgreSQL cannot store, and
     records without fields, go to ``quarantine(position, text, reason)``. Also whether no record
-    holds an empty object (which Arrow cannot tell from an object of NULLs)."""
+    holds an empty object (which Arrow cannot tell from an object of NULLs), and whether every row
+    was strict (see :func:`encode_chunk`)."""
     records: list = []
     positions: list[int] = []
-    plain = True
+    plain = every_strict = True
     for text, first in chunks:
         strict = not text.startswith(LENIENT)
+        every_strict = every_strict and strict
         # A strict row was written in C from records read in C: no unpaired surrogate, no huge integer.
         batch = orjson.loads(text) if strict else json.loads(text[1:])
         if "{}" in text:
@@ -162,7 +167,7 @@ def _parse(chunks: Iterable[tuple[str, int]], quarantine) -> tuple[list, list[in
             else:
                 records.append(record)
                 positions.append(seq)
-    return records, positions, plain
+    return records, positions, plain, every_strict
 
 
 @contextlib.contextmanager
@@ -287,7 +292,8 @@ class _ParsedRecords(RowStage):
         started = time.perf_counter()
         depth = int(task.options.get("flatten_depth", 1))
         with _without_cycle_collection():
-            records, positions, plain = _parse(rows, lambda seq, text, why: self.quarantine_row(seq, None, text, why, None))
+            records, positions, plain, strict = _parse(
+                rows, lambda seq, text, why: self.quarantine_row(seq, None, text, why, None))
             order, raw, json_leaves, by_arrow = _fields(records, depth, plain)
         found = set(order)
         # A key no record has: the column exists, and every row is quarantined for its NULL key.
@@ -332,7 +338,7 @@ class _ParsedRecords(RowStage):
             return
         for i, j in enumerate(as_json):
             if j:
-                self.typers[i] = _JsonTyper(self.bools)
+                self.typers[i] = _JsonTyper(self.bools, strict)
         if self.vectorized:
             self.copy_format = "binary"
             self.blocks = [c.fill_null("") if isinstance(c, pa.Array) else pa.array(c, pa.string()) for c in texts]
