@@ -127,9 +127,9 @@ def test_a_field_typed_in_one_part_of_a_batch_and_text_in_another_keeps_every_ra
     assert db.query("SELECT code FROM {s}.codes ORDER BY id") == [(r["code"],) for r in typed + text]
 
 
-def test_json_that_jsonb_refuses_goes_to_quarantine_and_the_next_batch_loads(db, make_settings, spark):
-    """Records read leniently may hold NaN inside an array, which jsonb cannot store: the batch's
-    records go to quarantine with PostgreSQL's reason (none is lost), and the endpoint goes on."""
+def test_a_record_with_json_that_jsonb_refuses_goes_to_quarantine_alone(db, make_settings, spark):
+    """Records read leniently may hold NaN inside an array, which jsonb cannot store: that record goes
+    to quarantine with the reason, the others load."""
     from connectors.postgres import ensure_catalog
 
     endpoint = EndpointConfig(name="readings", url="http://127.0.0.1:1/readings", mode="upsert", primary_key=["id"])
@@ -141,8 +141,12 @@ def test_json_that_jsonb_refuses_goes_to_quarantine_and_the_next_batch_loads(db,
         return load_records(ctx, endpoint, records_frame(spark, records), "test:readings", batch_id)
 
     assert batch([{"id": 1, "values": [1.5, 2]}], 0).loaded == 1
-    refused = batch([{"id": 2, "values": [float("nan")]}, {"id": 3, "values": [3]}], 1)
-    assert (refused.rows_in, refused.loaded, refused.quarantined) == (2, 0, 2)
-    assert db.scalar("SELECT count(*) FROM {c}.quarantine WHERE reason LIKE %s", ("%json%",)) == 2
-    assert batch([{"id": 4, "values": [4]}], 2).loaded == 1
-    assert db.query("SELECT id, \"values\"::text FROM {s}.readings ORDER BY id") == [(1, "[1.5, 2]"), (4, "[4]")]
+    refused = batch([{"id": 2, "values": [float("nan")]}, {"id": 3, "values": [3]},
+                     {"id": 4, "nested": {"deep": {"x": float("inf")}}, "values": None}], 1)
+    assert (refused.rows_in, refused.loaded, refused.quarantined) == (3, 1, 2)
+    assert db.query("SELECT record->>'id', column_name, raw_value, reason FROM {c}.quarantine ORDER BY line") == [
+        ("2", "values", "[NaN]", "the value holds NaN or Infinity, which a jsonb column cannot store"),
+        ("4", "nested__deep", '{"x":Infinity}', "the value holds NaN or Infinity, which a jsonb column cannot store")]
+    assert batch([{"id": 5, "values": [5]}], 2).loaded == 1
+    assert db.query("SELECT id, \"values\"::text FROM {s}.readings ORDER BY id") == [
+        (1, "[1.5, 2]"), (3, "[3]"), (5, "[5]")]

@@ -122,18 +122,31 @@ def _json_text(value: Any) -> str:
 
 
 class _JsonTyper(ColumnTyper):
-    """A jsonb column: its values are JSON this module wrote itself, so there is nothing to check.
-    ``strict``: written from records the strict parser read, which jsonb takes as they are (records
-    read leniently may hold NaN or Infinity, which it refuses: those go as text, cast by the merge)."""
+    """A jsonb column: its values are JSON this module wrote itself, which jsonb takes as they are
+    (staged as jsonb). Records read leniently (``strict`` False) may hold NaN or Infinity, which
+    Python writes into JSON and jsonb refuses: their values are checked, and the records holding one
+    go to quarantine."""
 
-    checks = False
+    jsonb_as_is = True
 
     def __init__(self, bools, strict: bool):
         super().__init__(bools, fixed=JSONB, loose=True)
-        self.jsonb_as_is = strict
+        self.checks = not strict
 
     def check(self, values, joined=None, has_null=True) -> list[int]:
-        return []
+        if not self.checks:
+            return []
+        refused = []
+        for i, value in enumerate(values):
+            if value is not None:
+                try:
+                    orjson.loads(value)  # refuses NaN and Infinity, as jsonb does
+                except orjson.JSONDecodeError:
+                    refused.append(i)
+        return refused
+
+    def describe_failure(self, value: str) -> str:
+        return "the value holds NaN or Infinity, which a jsonb column cannot store"
 
 
 def _parse(chunks: Iterable[tuple[str, int]], quarantine) -> tuple[list, list[int], bool, bool]:
