@@ -47,7 +47,7 @@ def read(values: pa.Array, kind: str, scale: int | None = None) -> "Values":
     ``scale``: for numerics, the scale earlier blocks were read at (a hint).
 
     Raises:
-        ValueError: ``kind`` is not a type this module reads (JSON, say).
+        ValueError: ``kind`` is not a type this module reads.
     """
     present = values.drop_null() if values.null_count else values
     reader = _READERS.get(kind)

@@ -21,11 +21,11 @@ JSON_VALUES = st.recursive(
 @given(JSON_VALUES)
 def test_reading_gives_what_the_standard_library_gives(value):
     text = json.dumps(value, ensure_ascii=False)
-    assert _same(jsontext.loads(text.encode("utf-8", "surrogatepass")), json.loads(text))
     try:
         strict = jsontext.loads_strict(text.encode("utf-8", "surrogatepass"))
-    except ValueError:
+    except ValueError:  # left to the standard library
         return
+    assert _same(strict, json.loads(text))
     # What the strict reader read writes back (in C) as text that reads as the same values.
     assert _same(json.loads(jsontext.dumps_strict(strict)), strict)
 
@@ -35,7 +35,6 @@ def test_reading_gives_what_the_standard_library_gives(value):
 def test_what_only_the_standard_library_reads_is_left_to_it(text):
     with pytest.raises(ValueError):
         jsontext.loads_strict(text.encode())
-    assert _same(jsontext.loads(text.encode()), json.loads(text))
 
 
 def _same(a, b) -> bool:

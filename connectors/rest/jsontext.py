@@ -12,7 +12,6 @@ digits goes to the standard library. Records read this way are *strict*: written
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
@@ -40,11 +39,3 @@ def dumps_strict(value: Any) -> str:
     """JSON text of records :func:`loads_strict` read (compact, UTF-8 as is), written in C. Floats
     may be spelled otherwise than ``json.dumps`` spells them; they read back as the same doubles."""
     return orjson.dumps(value).decode()
-
-
-def loads(data: bytes) -> Any:
-    """``json.loads(data)``: in C where that gives the same."""
-    try:
-        return loads_strict(data)
-    except ValueError:
-        return json.loads(data)
